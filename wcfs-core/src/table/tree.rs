@@ -1,0 +1,455 @@
+//! The table's path tree: one node per path that has state or has descendants with state,
+//! names stored once per directory entry in a byte arena, and an open-addressing index from
+//! `(parent, name)` to node. Everything lives in flat, chunked arrays of plain-old-data so that
+//! a snapshot is these arrays written out and reopening one is reading them back.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::path::{MAX_DEPTH, WPath};
+
+/// Index of a node in the tree. The root is node 0.
+pub(crate) type NodeId = u32;
+/// "No node" in links.
+pub(crate) const NIL: u32 = u32::MAX;
+/// `parent` value of a node on the free list.
+pub(crate) const FREE: u32 = u32::MAX - 1;
+/// The root directory's node.
+pub(crate) const ROOT: NodeId = 0;
+
+const NODE_CHUNK_SHIFT: u32 = 16;
+const NODE_CHUNK: usize = 1 << NODE_CHUNK_SHIFT;
+const NAME_CHUNK_SHIFT: u32 = 20;
+const NAME_CHUNK: usize = 1 << NAME_CHUNK_SHIFT;
+const MIN_SLOTS: usize = 1024;
+
+/// One path in the tree. 32 bytes, no padding, so chunks of nodes are plain bytes on disk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub(crate) struct Node {
+    pub parent: u32,
+    pub first_child: u32,
+    pub next_sibling: u32,
+    pub prev_sibling: u32,
+    /// Offset of the name in the names arena: one length byte, then the bytes.
+    pub name_off: u32,
+    /// Hash of `(parent, name)`; the index's tag and probe start.
+    pub hash: u32,
+    /// The packed CRDT state (see `state.rs`); 0 = none.
+    pub state: u64,
+}
+
+/// A vector stored as fixed-size chunks: growth never copies or doubles, so capacity stays
+/// within one chunk of the length — at 10M entries a doubling `Vec` would waste up to half.
+#[derive(Clone, Debug)]
+pub(crate) struct Chunked<T: Pod, const SHIFT: u32> {
+    pub chunks: Vec<Box<[T]>>,
+    pub len: usize,
+}
+
+impl<T: Pod, const SHIFT: u32> Default for Chunked<T, SHIFT> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
+    const CHUNK: usize = 1 << SHIFT;
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &T {
+        debug_assert!(i < self.len);
+        &self.chunks[i >> SHIFT][i & (Self::CHUNK - 1)]
+    }
+    #[inline]
+    pub fn get_mut(&mut self, i: usize) -> &mut T {
+        debug_assert!(i < self.len);
+        &mut self.chunks[i >> SHIFT][i & (Self::CHUNK - 1)]
+    }
+    pub fn push(&mut self, v: T) -> usize {
+        let i = self.len;
+        if i >> SHIFT >= self.chunks.len() {
+            self.chunks
+                .push(vec![T::zeroed(); Self::CHUNK].into_boxed_slice());
+        }
+        self.len += 1;
+        *self.get_mut(i) = v;
+        i
+    }
+    /// Makes sure `[len, len + n)` lies in one chunk by padding `len` to a chunk boundary if
+    /// needed; returns the start. Used by the names arena so a name never straddles chunks.
+    pub fn reserve_contiguous(&mut self, n: usize) -> usize {
+        debug_assert!(n <= Self::CHUNK);
+        let start = self.len;
+        let in_chunk = start & (Self::CHUNK - 1);
+        let start = if in_chunk + n > Self::CHUNK {
+            start + (Self::CHUNK - in_chunk)
+        } else {
+            start
+        };
+        let end = start + n;
+        while (end - 1) >> SHIFT >= self.chunks.len() {
+            self.chunks
+                .push(vec![T::zeroed(); Self::CHUNK].into_boxed_slice());
+        }
+        self.len = end;
+        start
+    }
+    pub fn slice(&self, start: usize, n: usize) -> &[T] {
+        let c = start >> SHIFT;
+        let o = start & (Self::CHUNK - 1);
+        &self.chunks[c][o..o + n]
+    }
+    pub fn slice_mut(&mut self, start: usize, n: usize) -> &mut [T] {
+        let c = start >> SHIFT;
+        let o = start & (Self::CHUNK - 1);
+        &mut self.chunks[c][o..o + n]
+    }
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.len() * Self::CHUNK * size_of::<T>()
+            + self.chunks.capacity() * size_of::<Box<[T]>>()
+    }
+}
+
+pub(crate) type Nodes = Chunked<Node, NODE_CHUNK_SHIFT>;
+pub(crate) type Names = Chunked<u8, NAME_CHUNK_SHIFT>;
+
+/// The path tree with its name arena and child index.
+#[derive(Clone, Debug)]
+pub(crate) struct Tree {
+    pub seed: u64,
+    pub nodes: Nodes,
+    pub names: Names,
+    /// Open addressing, linear probing: 0 = empty, else `(hash << 32) | (node + 1)`.
+    pub slots: Vec<u64>,
+    /// Nodes in use, the root included.
+    pub live: usize,
+    /// Head of the free node list (linked through `next_sibling`).
+    pub free_head: u32,
+    /// Freed name slots by length, for reuse.
+    pub free_names: Vec<Vec<u32>>,
+}
+
+/// The tree ran out of 32-bit node or name space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("table is full: more than 4 billion nodes or 4 GiB of names")]
+pub struct Full;
+
+#[inline]
+fn fold(a: u64, b: u64) -> u64 {
+    let r = (a as u128) * (b as u128);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+/// Hash of a name under a parent. Seeded per table (from the caller's RNG) so that names
+/// chosen by users cannot be crafted to collide.
+#[inline]
+pub(crate) fn hash_name(seed: u64, parent: u32, name: &[u8]) -> u32 {
+    const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+    const K2: u64 = 0xD6E8_FEB8_6659_FD93;
+    let mut h = fold(seed ^ (parent as u64) ^ ((name.len() as u64) << 40), K1);
+    let mut chunks = name.chunks_exact(8);
+    for c in &mut chunks {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        h = fold(h ^ u64::from_le_bytes(a), K2);
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut a = [0u8; 8];
+        a[..rem.len()].copy_from_slice(rem);
+        h = fold(h ^ u64::from_le_bytes(a), K1);
+    }
+    let h = fold(h, K2);
+    (h >> 32) as u32 ^ (h as u32)
+}
+
+impl Tree {
+    pub fn new(seed: u64) -> Tree {
+        let mut t = Tree {
+            seed,
+            nodes: Nodes::default(),
+            names: Names::default(),
+            slots: vec![0; MIN_SLOTS],
+            live: 1,
+            free_head: NIL,
+            free_names: vec![Vec::new(); 256],
+        };
+        // Offset 0 holds the root's empty name.
+        t.names.push(0);
+        t.nodes.push(Node {
+            parent: NIL,
+            first_child: NIL,
+            next_sibling: NIL,
+            prev_sibling: NIL,
+            name_off: 0,
+            hash: 0,
+            state: 0,
+        });
+        t
+    }
+
+    #[inline]
+    pub fn node(&self, id: NodeId) -> &Node {
+        self.nodes.get(id as usize)
+    }
+    #[inline]
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.nodes.get_mut(id as usize)
+    }
+
+    #[inline]
+    pub fn name(&self, id: NodeId) -> &[u8] {
+        let off = self.node(id).name_off as usize;
+        let len = *self.names.get(off) as usize;
+        self.names.slice(off + 1, len)
+    }
+
+    #[inline]
+    fn slot_pos(&self, hash: u32) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        ((hash as u64 * self.slots.len() as u64) >> 32) as usize & ((1usize << bits) - 1)
+    }
+
+    /// The child of `parent` named `name`, if it has a node.
+    #[inline]
+    pub fn child(&self, parent: NodeId, name: &[u8]) -> Option<NodeId> {
+        let hash = hash_name(self.seed, parent, name);
+        let mask = self.slots.len() - 1;
+        let mut pos = self.slot_pos(hash);
+        loop {
+            let s = self.slots[pos];
+            if s == 0 {
+                return None;
+            }
+            if (s >> 32) as u32 == hash {
+                let id = (s as u32).wrapping_sub(1);
+                let n = self.node(id);
+                if n.parent == parent && self.name(id) == name {
+                    return Some(id);
+                }
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// The node for `path`, if it has one.
+    pub fn find(&self, path: &WPath) -> Option<NodeId> {
+        let mut cur = ROOT;
+        for c in path.components() {
+            cur = self.child(cur, c)?;
+        }
+        Some(cur)
+    }
+
+    /// The node for `path`, creating it and any missing ancestors.
+    pub fn find_or_insert(&mut self, path: &WPath) -> Result<NodeId, Full> {
+        let mut cur = ROOT;
+        for c in path.components() {
+            cur = match self.child(cur, c) {
+                Some(id) => id,
+                None => self.insert_child(cur, c)?,
+            };
+        }
+        Ok(cur)
+    }
+
+    fn alloc_name(&mut self, name: &[u8]) -> Result<u32, Full> {
+        debug_assert!(!name.is_empty() && name.len() <= 255);
+        let off = match self.free_names[name.len()].pop() {
+            Some(off) => off as usize,
+            None => {
+                let off = self.names.reserve_contiguous(name.len() + 1);
+                if off + name.len() + 1 > u32::MAX as usize {
+                    return Err(Full);
+                }
+                off
+            }
+        };
+        let dst = self.names.slice_mut(off, name.len() + 1);
+        dst[0] = name.len() as u8;
+        dst[1..].copy_from_slice(name);
+        Ok(off as u32)
+    }
+
+    fn insert_child(&mut self, parent: NodeId, name: &[u8]) -> Result<NodeId, Full> {
+        if (self.live + 1) * 4 > self.slots.len() * 3 {
+            self.grow_slots();
+        }
+        let name_off = self.alloc_name(name)?;
+        let hash = hash_name(self.seed, parent, name);
+        let first = self.node(parent).first_child;
+        let node = Node {
+            parent,
+            first_child: NIL,
+            next_sibling: first,
+            prev_sibling: NIL,
+            name_off,
+            hash,
+            state: 0,
+        };
+        let id = if self.free_head != NIL {
+            let id = self.free_head;
+            self.free_head = self.node(id).next_sibling;
+            *self.node_mut(id) = node;
+            id
+        } else {
+            if self.nodes.len >= FREE as usize {
+                return Err(Full);
+            }
+            self.nodes.push(node) as u32
+        };
+        if first != NIL {
+            self.node_mut(first).prev_sibling = id;
+        }
+        self.node_mut(parent).first_child = id;
+        self.live += 1;
+        self.slot_insert(hash, id);
+        Ok(id)
+    }
+
+    fn slot_insert(&mut self, hash: u32, id: NodeId) {
+        let mask = self.slots.len() - 1;
+        let mut pos = self.slot_pos(hash);
+        while self.slots[pos] != 0 {
+            pos = (pos + 1) & mask;
+        }
+        self.slots[pos] = ((hash as u64) << 32) | (id as u64 + 1);
+    }
+
+    fn grow_slots(&mut self) {
+        let doubled = vec![0; self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, doubled);
+        for s in old {
+            if s != 0 {
+                self.slot_insert((s >> 32) as u32, (s as u32) - 1);
+            }
+        }
+    }
+
+    /// Removes `id` from the index (backward-shift deletion keeps probe runs unbroken).
+    fn slot_remove(&mut self, id: NodeId) {
+        let hash = self.node(id).hash;
+        let mask = self.slots.len() - 1;
+        let want = ((hash as u64) << 32) | (id as u64 + 1);
+        let mut pos = self.slot_pos(hash);
+        while self.slots[pos] != want {
+            debug_assert!(self.slots[pos] != 0, "node missing from the index");
+            if self.slots[pos] == 0 {
+                return;
+            }
+            pos = (pos + 1) & mask;
+        }
+        let mut hole = pos;
+        let mut next = (pos + 1) & mask;
+        loop {
+            let s = self.slots[next];
+            if s == 0 {
+                break;
+            }
+            let home = self.slot_pos((s >> 32) as u32);
+            // Move `s` into the hole if its home is not in (hole, next] cyclically.
+            let dist_next = next.wrapping_sub(home) & mask;
+            let dist_hole = hole.wrapping_sub(home) & mask;
+            if dist_hole < dist_next {
+                self.slots[hole] = s;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.slots[hole] = 0;
+    }
+
+    /// Frees `id` and then each ancestor that is left with no state and no children.
+    pub fn remove_if_empty(&mut self, mut id: NodeId) {
+        while id != ROOT {
+            let n = *self.node(id);
+            if n.state != 0 || n.first_child != NIL || n.parent == FREE {
+                return;
+            }
+            self.slot_remove(id);
+            if n.prev_sibling != NIL {
+                self.node_mut(n.prev_sibling).next_sibling = n.next_sibling;
+            } else {
+                self.node_mut(n.parent).first_child = n.next_sibling;
+            }
+            if n.next_sibling != NIL {
+                self.node_mut(n.next_sibling).prev_sibling = n.prev_sibling;
+            }
+            let len = *self.names.get(n.name_off as usize) as usize;
+            self.free_names[len].push(n.name_off);
+            *self.node_mut(id) = Node {
+                parent: FREE,
+                first_child: NIL,
+                next_sibling: self.free_head,
+                prev_sibling: NIL,
+                name_off: 0,
+                hash: 0,
+                state: 0,
+            };
+            self.free_head = id;
+            self.live -= 1;
+            id = n.parent;
+        }
+    }
+
+    /// Whether `id` is a node in use.
+    #[inline]
+    pub fn is_live(&self, id: NodeId) -> bool {
+        (id as usize) < self.nodes.len && self.node(id).parent != FREE
+    }
+
+    /// The path of a node other than the root.
+    pub fn path_of(&self, id: NodeId) -> WPath {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut cur = id;
+        while cur != ROOT && parts.len() <= MAX_DEPTH {
+            parts.push(self.name(cur));
+            cur = self.node(cur).parent;
+        }
+        debug_assert!(cur == ROOT, "parent chain does not reach the root");
+        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+        for (i, p) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                bytes.push(b'/');
+            }
+            bytes.extend_from_slice(p);
+        }
+        // Every stored name was validated and the tree mirrors validated paths, so this
+        // cannot fail for a tree built through the API or a validated snapshot.
+        WPath::new(&bytes)
+            .unwrap_or_else(|e| panic!("corrupt tree: node {id} has invalid path: {e}"))
+    }
+
+    /// Children of `id`, most recently inserted first.
+    pub fn children(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        let mut cur = self.node(id).first_child;
+        std::iter::from_fn(move || {
+            if cur == NIL {
+                return None;
+            }
+            let c = cur;
+            cur = self.node(c).next_sibling;
+            Some(c)
+        })
+    }
+
+    /// Heap bytes held by the tree.
+    pub fn heap_bytes(&self) -> usize {
+        self.nodes.heap_bytes()
+            + self.names.heap_bytes()
+            + self.slots.capacity() * 8
+            + self
+                .free_names
+                .iter()
+                .map(|v| v.capacity() * 4)
+                .sum::<usize>()
+            + self.free_names.capacity() * size_of::<Vec<u32>>()
+    }
+}
+
+pub(crate) const NAME_CHUNK_BYTES: usize = NAME_CHUNK;
+pub(crate) const NODE_CHUNK_LEN: usize = NODE_CHUNK;
