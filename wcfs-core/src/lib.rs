@@ -11,6 +11,7 @@ pub mod dot;
 pub mod handle;
 pub mod path;
 pub mod record;
+pub mod snapshot;
 pub mod table;
 
 pub use dot::{Dot, Kind, Op, ReplicaId};

@@ -17,9 +17,9 @@ pub(crate) const FREE: u32 = u32::MAX - 1;
 pub(crate) const ROOT: NodeId = 0;
 
 const NODE_CHUNK_SHIFT: u32 = 16;
-const NODE_CHUNK: usize = 1 << NODE_CHUNK_SHIFT;
+
 const NAME_CHUNK_SHIFT: u32 = 20;
-const NAME_CHUNK: usize = 1 << NAME_CHUNK_SHIFT;
+
 const MIN_SLOTS: usize = 1024;
 
 /// One path in the tree. 32 bytes, no padding, so chunks of nodes are plain bytes on disk.
@@ -451,5 +451,5 @@ impl Tree {
     }
 }
 
-pub(crate) const NAME_CHUNK_BYTES: usize = NAME_CHUNK;
-pub(crate) const NODE_CHUNK_LEN: usize = NODE_CHUNK;
+pub(crate) const NAME_CHUNK_BYTES: usize = 1 << NAME_CHUNK_SHIFT;
+pub(crate) const NODE_CHUNK_LEN: usize = 1 << NODE_CHUNK_SHIFT;
