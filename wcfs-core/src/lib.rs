@@ -13,6 +13,7 @@ pub mod path;
 pub mod record;
 pub mod snapshot;
 pub mod table;
+pub mod webgen;
 
 pub use dot::{Dot, Kind, Op, ReplicaId};
 pub use path::{PathError, WPath};

@@ -551,16 +551,80 @@ impl Table {
     /// What the union shows for `path`: ancestors first (a whiteout hides everything below,
     /// an opaque directory hides the RO branch below it), then the path's own entry.
     pub fn resolve(&self, path: &WPath) -> Resolution {
-        let mut cur = ROOT;
-        let mut under_opaque = false;
-        let mut comps = path.components().peekable();
-        while let Some(c) = comps.next() {
-            let Some(id) = self.tree.child(cur, c) else {
-                break;
+        // Three passes so the memory accesses of different levels overlap: hash every prefix
+        // (compute only), probe the index for every level (independent loads), then verify the
+        // guesses top-down, falling back to an exact lookup where a guess was a tag collision.
+        const FAST: usize = 24;
+        let mut comps: [&[u8]; FAST] = [&[]; FAST];
+        let mut n = 0;
+        for c in path.components() {
+            if n == FAST {
+                return self.resolve_slow(path);
+            }
+            comps[n] = c;
+            n += 1;
+        }
+        let mut hashes = [0u32; FAST];
+        let mut h = 0;
+        for k in 0..n {
+            h = tree::hash_name(self.tree.seed, h, comps[k]);
+            hashes[k] = h;
+        }
+        let mut guess = [NIL; FAST];
+        for k in 0..n {
+            match self.tree.probe_tag(hashes[k]) {
+                Some(id) => guess[k] = id,
+                None => break,
+            }
+        }
+        let mut ids = [NIL; FAST];
+        let mut parent = ROOT;
+        let mut depth = 0;
+        for k in 0..n {
+            let g = guess[k];
+            let id = if g != NIL
+                && self.tree.node(g).parent == parent
+                && self.tree.name(g) == comps[k]
+            {
+                Some(g)
+            } else if g == NIL {
+                None
+            } else {
+                self.tree.child_hashed(parent, comps[k], hashes[k])
             };
-            let k = Self::winner(&entries(self.tree.node(id).state, &self.overflow));
-            if comps.peek().is_none() {
-                return match k {
+            let Some(id) = id else { break };
+            ids[k] = id;
+            parent = id;
+            depth = k + 1;
+        }
+        self.resolve_nodes(&ids[..depth], depth == n)
+    }
+
+    fn resolve_slow(&self, path: &WPath) -> Resolution {
+        let mut ids = Vec::new();
+        let mut cur = ROOT;
+        let mut n = 0;
+        for c in path.components() {
+            n += 1;
+            match self.tree.child(cur, c) {
+                Some(id) => {
+                    ids.push(id);
+                    cur = id;
+                }
+                None => break,
+            }
+        }
+        self.resolve_nodes(&ids, ids.len() == n)
+    }
+
+    /// Resolution given the nodes of the path's first `ids.len()` components; `whole` says
+    /// whether they reach the path itself.
+    fn resolve_nodes(&self, ids: &[NodeId], whole: bool) -> Resolution {
+        let mut under_opaque = false;
+        for (k, &id) in ids.iter().enumerate() {
+            let kind = Self::winner(&entries(self.tree.node(id).state, &self.overflow));
+            if whole && k + 1 == ids.len() {
+                return match kind {
                     Some(Kind::Rw) => Resolution::Rw,
                     Some(Kind::Opaque) => Resolution::Opaque,
                     Some(Kind::Whiteout) => Resolution::Hidden,
@@ -568,14 +632,12 @@ impl Table {
                     None => Resolution::Ro,
                 };
             }
-            match k {
+            match kind {
                 Some(Kind::Whiteout) => return Resolution::Hidden,
                 Some(Kind::Opaque) => under_opaque = true,
                 _ => {}
             }
-            cur = id;
         }
-        // The walk left the tree: nothing below has an entry, but ancestors may still hide.
         if under_opaque {
             Resolution::RwOnly
         } else {
