@@ -456,6 +456,7 @@ fn validate_tree(
     let mut tombstones = 0;
     let mut used_overflow = vec![false; of.lists.len()];
     let chunk = crate::table::tree::NAME_CHUNK_BYTES;
+    let mut chain: Vec<usize> = Vec::with_capacity(64);
     for i in 1..n {
         let nd = *t.nodes.get(i);
         if nd.parent == FREE {
@@ -505,7 +506,8 @@ fn validate_tree(
         }
         // Path length through the parent chain, memoized; a chain longer than any valid path
         // (a cycle) is refused. This also proves every node's path is a valid `WPath`.
-        let mut chain = vec![i];
+        chain.clear();
+        chain.push(i);
         let mut cur = nd.parent as usize;
         while cur != 0 && path_len[cur] == 0 {
             chain.push(cur);
