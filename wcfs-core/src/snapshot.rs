@@ -671,5 +671,16 @@ mod tests {
             b[at] ^= 1 << (at % 8);
             assert!(decode(&b).is_err(), "bit flip at {at} accepted");
         }
+        // Extra bytes after a valid snapshot are refused too, not ignored.
+        let mut b = bytes.clone();
+        b.push(0);
+        assert!(decode(&b).is_err());
+        let mut b = bytes.clone();
+        b[8] = 2;
+        let err = decode(&b).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("format version 2"),
+            "unclear version error: {err}"
+        );
     }
 }
