@@ -7,7 +7,7 @@
 //! magic "WCFSSNAP" | u32 format version | u32 endianness tag 0x01020304
 //! u64 meta length | meta (codec-encoded: identity, counters, replicas, seen-set, floor,
 //!                   dot index, overflow lists, free name slots, array lengths)
-//! nodes  (32 bytes each, `Node` as laid out in memory)
+//! nodes  (48 bytes each, `Node` as laid out in memory)
 //! names  (the names arena, bytes)
 //! slots  (u64 each, the child index)
 //! u32 CRC32 of every byte before it | magic "WCFSEND1"
@@ -241,7 +241,7 @@ pub fn read(r: &mut impl Read, total_len: u64) -> Result<Table, SnapshotError> {
             "lengths add up to {body} bytes but the snapshot has {total_len}"
         )));
     }
-    if n_nodes == 0 || n_nodes >= FREE as u64 || n_names == 0 || n_names > u32::MAX as u64 {
+    if n_nodes == 0 || n_nodes >= FREE as u64 || n_names > u32::MAX as u64 {
         return Err(SnapshotError::Invalid(
             "node or name count out of range".into(),
         ));
@@ -371,7 +371,10 @@ pub fn read(r: &mut impl Read, total_len: u64) -> Result<Table, SnapshotError> {
         let k = m.count(meta.len())?;
         for _ in 0..k {
             let off = m.u32()? as usize;
-            if len == 0 || off + 1 + len > n_names as usize || *names.get(off) as usize != len {
+            if len <= crate::table::tree::INLINE_NAME
+                || off + 1 + len > n_names as usize
+                || *names.get(off) as usize != len
+            {
                 return Err(SnapshotError::Invalid("free name slot invalid".into()));
             }
             free_names[len].push(off as u32);
@@ -471,15 +474,19 @@ fn validate_tree(
         {
             return Err(bad("link out of range or to a free node", i));
         }
-        let off = nd.name_off as usize;
-        if off == 0 || off >= t.names.len {
-            return Err(bad("name offset out of range", i));
-        }
-        let len = *t.names.get(off) as usize;
-        if len == 0 || off + 1 + len > t.names.len || (off % chunk) + 1 + len > chunk {
-            return Err(bad("name out of range", i));
-        }
-        let name = t.names.slice(off + 1, len);
+        let len = nd.name[0] as usize;
+        let name = match nd.arena_off() {
+            None => &nd.name[1..1 + len],
+            Some(off) => {
+                if off + 1 + len > t.names.len
+                    || (off % chunk) + 1 + len > chunk
+                    || *t.names.get(off) as usize != len
+                {
+                    return Err(bad("name out of range", i));
+                }
+                t.names.slice(off + 1, len)
+            }
+        };
         validate_name(name).map_err(|e| bad(&format!("invalid name: {e}"), i))?;
         if nd.hash != hash_name(t.seed, t.nodes.get(nd.parent as usize).hash, name) {
             return Err(bad("hash does not match name", i));
@@ -526,7 +533,7 @@ fn validate_tree(
             path_len[cur] as usize + 1
         };
         for &c in chain.iter().rev() {
-            let nl = *t.names.get(t.nodes.get(c).name_off as usize) as usize;
+            let nl = t.nodes.get(c).name[0] as usize;
             acc += nl;
             if acc > MAX_PATH_LEN {
                 return Err(bad("path too long", c));
@@ -601,17 +608,38 @@ mod tests {
     fn sample() -> Table {
         let mut t = Table::new(ReplicaId(5), 42);
         let mut other = Table::new(ReplicaId(9), 43);
+        let name = |i: usize| {
+            if i.is_multiple_of(3) {
+                format!("site/up/{}/a-long-upload-name-{i}.jpg", i % 7)
+            } else {
+                format!("site/up/{}/f{i}.jpg", i % 7)
+            }
+        };
         for i in 0..300 {
-            let p = WPath::new(format!("site/up/{}/f{}.jpg", i % 7, i).as_bytes()).unwrap();
+            let p = WPath::new(name(i).as_bytes()).unwrap();
             t.propose(&p, if i % 5 == 0 { Op::Whiteout } else { Op::MarkRw })
                 .unwrap();
         }
         for i in 0..50 {
-            let p = WPath::new(format!("site/up/{}/f{}.jpg", i % 7, i).as_bytes()).unwrap();
+            let p = WPath::new(name(i).as_bytes()).unwrap();
             t.propose(&p, Op::Forget).unwrap();
             let r = other.propose(&p, Op::MarkOpaque).unwrap();
             t.merge(&r).unwrap();
         }
+        // Forget some paths and collect them, so the snapshot carries free nodes and free
+        // name slots; then add a few that reuse them.
+        for i in 200..260 {
+            t.propose(&WPath::new(name(i).as_bytes()).unwrap(), Op::Forget)
+                .unwrap();
+        }
+        let vv = t.version_vector();
+        t.gc(&vv);
+        assert!(t.tree.free_head != NIL);
+        for i in 1000..1010 {
+            t.propose(&WPath::new(name(i).as_bytes()).unwrap(), Op::MarkRw)
+                .unwrap();
+        }
+        t.check_invariants().unwrap();
         t
     }
 

@@ -22,7 +22,12 @@ const NAME_CHUNK_SHIFT: u32 = 20;
 
 const MIN_SLOTS: usize = 1024;
 
-/// One path in the tree. 32 bytes, no padding, so chunks of nodes are plain bytes on disk.
+/// Longest name stored inside the node itself; longer ones live in the names arena.
+pub(crate) const INLINE_NAME: usize = 19;
+
+/// One path in the tree. 48 bytes, no padding, so chunks of nodes are plain bytes on disk.
+/// Short names (nearly all: `2024`, `uploads`, `img-123456.jpg`) sit in the node, so checking a
+/// lookup's guess costs one cache miss, not two.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub(crate) struct Node {
@@ -30,14 +35,26 @@ pub(crate) struct Node {
     pub first_child: u32,
     pub next_sibling: u32,
     pub prev_sibling: u32,
-    /// Offset of the name in the names arena: one length byte, then the bytes.
-    pub name_off: u32,
     /// Rolling hash of the whole path (`hash_name` of the parent's hash and this name): the
     /// index's tag and probe start. Being a function of the path bytes alone, every level of a
     /// lookup can be probed at once, so their cache misses overlap instead of queueing.
     pub hash: u32,
+    /// Byte 0: the name's length. Up to [`INLINE_NAME`] bytes: the name follows. Longer: bytes
+    /// 4..8 hold its offset in the names arena (one length byte, then the bytes).
+    pub name: [u8; 20],
     /// The packed CRDT state (see `state.rs`); 0 = none.
     pub state: u64,
+}
+
+impl Node {
+    /// Arena offset of a long name, `None` for an inline one.
+    #[inline]
+    pub fn arena_off(&self) -> Option<usize> {
+        if self.name[0] as usize <= INLINE_NAME {
+            return None;
+        }
+        Some(u32::from_le_bytes([self.name[4], self.name[5], self.name[6], self.name[7]]) as usize)
+    }
 }
 
 /// A vector stored as fixed-size chunks: growth never copies or doubles, so capacity stays
@@ -180,15 +197,13 @@ impl Tree {
             free_head: NIL,
             free_names: vec![Vec::new(); 256],
         };
-        // Offset 0 holds the root's empty name.
-        t.names.push(0);
         t.nodes.push(Node {
             parent: NIL,
             first_child: NIL,
             next_sibling: NIL,
             prev_sibling: NIL,
-            name_off: 0,
             hash: 0,
+            name: [0; 20],
             state: 0,
         });
         t
@@ -205,9 +220,12 @@ impl Tree {
 
     #[inline]
     pub fn name(&self, id: NodeId) -> &[u8] {
-        let off = self.node(id).name_off as usize;
-        let len = *self.names.get(off) as usize;
-        self.names.slice(off + 1, len)
+        let n = self.node(id);
+        let len = n.name[0] as usize;
+        match n.arena_off() {
+            None => &n.name[1..1 + len],
+            Some(off) => self.names.slice(off + 1, len),
+        }
     }
 
     #[inline]
@@ -284,8 +302,20 @@ impl Tree {
         Ok(cur)
     }
 
+    fn name_repr(&mut self, name: &[u8]) -> Result<[u8; 20], Full> {
+        let mut repr = [0u8; 20];
+        repr[0] = name.len() as u8;
+        if name.len() <= INLINE_NAME {
+            repr[1..1 + name.len()].copy_from_slice(name);
+        } else {
+            let off = self.alloc_name(name)?;
+            repr[4..8].copy_from_slice(&off.to_le_bytes());
+        }
+        Ok(repr)
+    }
+
     fn alloc_name(&mut self, name: &[u8]) -> Result<u32, Full> {
-        debug_assert!(!name.is_empty() && name.len() <= 255);
+        debug_assert!(name.len() > INLINE_NAME && name.len() <= 255);
         let off = match self.free_names[name.len()].pop() {
             Some(off) => off as usize,
             None => {
@@ -306,7 +336,7 @@ impl Tree {
         if (self.live + 1) * 4 > self.slots.len() * 3 {
             self.grow_slots();
         }
-        let name_off = self.alloc_name(name)?;
+        let name_repr = self.name_repr(name)?;
         let hash = hash_name(self.seed, self.node(parent).hash, name);
         let first = self.node(parent).first_child;
         let node = Node {
@@ -314,8 +344,8 @@ impl Tree {
             first_child: NIL,
             next_sibling: first,
             prev_sibling: NIL,
-            name_off,
             hash,
+            name: name_repr,
             state: 0,
         };
         let id = if self.free_head != NIL {
@@ -406,15 +436,16 @@ impl Tree {
             if n.next_sibling != NIL {
                 self.node_mut(n.next_sibling).prev_sibling = n.prev_sibling;
             }
-            let len = *self.names.get(n.name_off as usize) as usize;
-            self.free_names[len].push(n.name_off);
+            if let Some(off) = n.arena_off() {
+                self.free_names[n.name[0] as usize].push(off as u32);
+            }
             *self.node_mut(id) = Node {
                 parent: FREE,
                 first_child: NIL,
                 next_sibling: self.free_head,
                 prev_sibling: NIL,
-                name_off: 0,
                 hash: 0,
+                name: [0; 20],
                 state: 0,
             };
             self.free_head = id;
