@@ -390,6 +390,8 @@ impl Journal {
             let res = file.sync_data();
             st = self.lock();
             st.syncing = false;
+            // `rotate` never swaps the file while an fsync is in flight.
+            debug_assert_eq!(st.epoch, epoch);
             match res {
                 Ok(()) => {
                     debug_assert!(target <= st.written);
@@ -505,11 +507,20 @@ impl Journal {
     /// nothing written since that rotation.
     pub fn rotate(&self, mark: JournalMark) -> Result<(), JournalError> {
         let mut st = self.lock();
-        // Make the old file durable first: appenders waiting for an fsync of it are then
-        // done, and nothing is lost if the rename does not survive a crash.
-        let end = (st.epoch, st.written);
-        st = self.sync_upto(st, end)?;
-        debug_assert!(!st.syncing);
+        // Make the old file durable first, with no fsync of it in flight: appenders waiting
+        // for it are then done, and nothing is lost if the rename does not survive a crash.
+        // Others may append (and lead an fsync) while we wait, hence the loop.
+        loop {
+            self.check(&st)?;
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+            } else if st.synced < st.written {
+                let end = (st.epoch, st.written);
+                st = self.sync_upto(st, end)?;
+            } else {
+                break;
+            }
+        }
         let keep_from = if mark.epoch == st.epoch {
             mark.offset.clamp(HEADER_LEN as u64, st.written)
         } else {
