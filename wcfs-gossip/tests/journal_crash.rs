@@ -24,6 +24,19 @@ impl Rng {
     }
 }
 
+/// A scratch directory on tmpfs when there is one: these tests reopen the journal thousands of
+/// times, and each reopen that truncates fsyncs, which on a disk costs milliseconds and tests
+/// nothing more.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(d) = tempfile::tempdir_in(shm)
+    {
+        return d;
+    }
+    tempfile::tempdir().unwrap()
+}
+
 fn sorted(t: &Table) -> Vec<Record> {
     let mut v: Vec<Record> = t.records().collect();
     v.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
@@ -192,7 +205,7 @@ fn check_counter(h: &History, cut: usize, t: &Table, what: &str) {
 
 #[test]
 fn truncation_at_every_offset() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let h = build(&dir.path().join("orig.wcj"));
     let path = dir.path().join("cut.wcj");
     for cut in 0..=h.bytes.len() {
@@ -235,7 +248,7 @@ fn truncation_at_every_offset() {
 
 #[test]
 fn single_bit_flips() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let h = build(&dir.path().join("orig.wcj"));
     let path = dir.path().join("flip.wcj");
     for at in 0..h.bytes.len() {
@@ -262,7 +275,7 @@ fn single_bit_flips() {
 
 #[test]
 fn a_torn_tail_is_truncated_before_appending() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let path = dir.path().join("j.wcj");
     let h = build(&path);
     // Cut in the middle of the last frame, then append twice with reopens in between.
