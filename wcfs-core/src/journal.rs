@@ -232,7 +232,8 @@ pub enum CorruptReason {
 pub enum Tail {
     /// Every byte after the header belongs to a good frame.
     Clean,
-    /// The file ends inside the frame starting at `offset` (an interrupted append).
+    /// The file ends inside the frame starting at `offset`: an interrupted append, or a
+    /// damaged length pointing past the end. Either way nothing from `offset` on is usable.
     Torn {
         /// File offset of the incomplete frame.
         offset: usize,

@@ -356,6 +356,7 @@ impl Journal {
     /// partial frame may be on disk and only reopening (which truncates it) is safe.
     fn write_locked(&self, st: &mut State, bytes: &[u8]) -> Result<(u64, u64), JournalError> {
         self.check(st)?;
+        debug_assert!(st.synced <= st.written);
         if let Err(e) = st.file.write_all_at(bytes, st.written) {
             st.failed = Some(format!("write: {e}"));
             return Err(io_err(&self.path, "write")(e));
