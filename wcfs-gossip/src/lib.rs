@@ -1,1 +1,5 @@
-//! placeholder
+//! WCFS node runtime: drives `wcfs-core` and owns the persistence files.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod journal;
