@@ -374,8 +374,14 @@ impl Shared {
 
     /// Whether the RO branch has `path` visibly below any RW copy (so removing the path from
     /// the union needs a whiteout).
+    /// The path's own entry does not matter (an opaque directory or a file created over a
+    /// whiteout still has the RO copy below it); an opaque or hidden ancestor does.
     fn ro_below(&self, path: &WPath, res: Resolution) -> bool {
-        matches!(res, Resolution::Ro | Resolution::Rw) && self.ro.lstat(Some(path)).is_ok()
+        if res == Resolution::RwOnly {
+            return false;
+        }
+        let parent = self.resolve(path.parent().as_ref());
+        matches!(parent, Resolution::Ro | Resolution::Rw) && self.ro.lstat(Some(path)).is_ok()
     }
 
     /// The merged listing of a directory, `.`/`..` excluded.
@@ -1569,7 +1575,7 @@ impl Filesystem for UnionFs {
         }
         let src_res = s.table.resolve(&src);
         let src_below = fs.side == Side::Ro || s.ro_below(&src, src_res);
-        if src_dir && src_below {
+        if src_dir && src_below && matches!(src_res, Resolution::Ro | Resolution::Rw) {
             // Like overlayfs without redirect_dir: a directory with RO content cannot move
             // atomically; `mv` falls back to copy + delete.
             reply.error(Errno::EXDEV);
