@@ -746,7 +746,7 @@ impl Shared {
     }
 
     fn copy_xattrs(&self, from: &WPath, to: &WPath) -> Result<(), Errno> {
-        let names = match self.ro.with_proc_path(Some(from), |p| plist(p)) {
+        let names = match self.ro.with_proc_path(Some(from), plist) {
             Ok(n) => n,
             Err(_) => return Ok(()),
         };
@@ -1072,6 +1072,7 @@ fn pset(p: &CString, name: &CString, val: &[u8], flags: i32) -> io::Result<()> {
 pub(crate) struct UnionFs(pub(crate) Arc<Shared>);
 
 impl UnionFs {
+    #[allow(clippy::too_many_arguments)] // mirrors fuser's create callback
     fn do_create(
         &self,
         req: &Request,
@@ -1565,12 +1566,13 @@ impl Filesystem for UnionFs {
                     return;
                 }
                 (true, true) => {
-                    if !tri!(reply, s.union_list(Some(&dst))).is_empty() {
+                    let empty = tri!(reply, s.union_list(Some(&dst))).is_empty();
+                    if !empty {
                         reply.error(Errno::ENOTEMPTY);
                         return;
                     }
                 }
-                _ => {}
+                (false, false) => {}
             }
         }
         let src_res = s.table.resolve(&src);
@@ -1678,8 +1680,8 @@ impl Filesystem for UnionFs {
         let fl = if side == Side::Ro {
             libc::O_RDONLY
         } else {
-            acc | keep
-                | libc::O_NONBLOCK * i32::from(file_type(f.st.st_mode) == FileType::NamedPipe)
+            let fifo = file_type(f.st.st_mode) == FileType::NamedPipe;
+            acc | keep | if fifo { libc::O_NONBLOCK } else { 0 }
         };
         let fd = tri!(
             reply,

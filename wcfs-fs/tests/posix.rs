@@ -177,7 +177,7 @@ fn suite(root: &Path) {
     let mut h = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create_new(true)
         .open(p("u"))
         .unwrap();
     h.write_all(b"still here").unwrap();
