@@ -1,0 +1,84 @@
+//! `wcfs mount`: a real process, a real mount, unmounted cleanly on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child, std::path::PathBuf);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let c = std::ffi::CString::new(self.1.to_str().unwrap()).unwrap();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let canon = p.canonicalize().unwrap();
+    mi.lines()
+        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+}
+
+fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+#[test]
+fn mount_serves_the_union_and_unmounts_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ro, rw, mnt) = (
+        tmp.path().join("ro"),
+        tmp.path().join("rw"),
+        tmp.path().join("mnt"),
+    );
+    for d in [&ro, &rw, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(ro.join("index.html"), b"hello").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wcfs"))
+        .args(["mount", "--ro"])
+        .arg(&ro)
+        .arg("--rw")
+        .arg(&rw)
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(child, mnt.clone());
+    assert!(
+        wait(Duration::from_secs(10), || is_mounted(&mnt)),
+        "not mounted"
+    );
+    assert_eq!(std::fs::read(mnt.join("index.html")).unwrap(), b"hello");
+    std::fs::write(mnt.join("upload"), b"u").unwrap();
+    assert_eq!(std::fs::read(rw.join("upload")).unwrap(), b"u");
+    // A second mount on the same mountpoint is refused with a clear message.
+    let out = Command::new(env!("CARGO_BIN_EXE_wcfs"))
+        .args(["mount", "--ro"])
+        .arg(&ro)
+        .arg("--rw")
+        .arg(&rw)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+    let status = p.0.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(!is_mounted(&mnt));
+    assert!(!mnt.join("index.html").exists());
+}

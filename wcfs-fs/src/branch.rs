@@ -1,0 +1,411 @@
+//! Confined access to one branch directory.
+//!
+//! Every path is resolved beneath the branch root with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`: the union never needs to follow a symlink inside a branch (the kernel
+//! resolves symlinks seen through the mount by calling `readlink` and looking the target up
+//! again), so any symlink met while resolving a branch path is refused (ELOOP) instead of
+//! followed. Operations on the last component go through the parent's fd with `*at` calls and
+//! `AT_SYMLINK_NOFOLLOW`, so a symlink planted on the RW branch can never make the daemon read
+//! or write outside its branches.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use wcfs_core::path::WPath;
+
+use crate::stats::RwStats;
+
+/// A directory entry as listed from a branch.
+#[derive(Clone, Debug)]
+pub(crate) struct RawEntry {
+    pub name: Vec<u8>,
+    /// `d_type` (`DT_*`), `DT_UNKNOWN` if the filesystem does not say.
+    pub dtype: u8,
+}
+
+/// `struct open_how` of openat2(2) (libc's is non-exhaustive).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// One branch root, with optional syscall accounting (the RW branch is counted).
+pub(crate) struct Branch {
+    root: OwnedFd,
+    stats: Option<Arc<RwStats>>,
+}
+
+enum Dir {
+    Root,
+    Owned(OwnedFd),
+}
+
+fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Splits a path into its parent (`None` = root) and last component.
+pub(crate) fn split(path: &WPath) -> (Option<WPath>, &[u8]) {
+    (path.parent(), path.file_name())
+}
+
+impl Branch {
+    /// Opens `dir` as a branch root. `stats` counts every syscall made on this branch.
+    pub(crate) fn open(dir: &Path, stats: Option<Arc<RwStats>>) -> io::Result<Branch> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = cstr(dir.as_os_str().as_bytes())?;
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let fd = check(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `fd` was just returned by open and is owned by nobody else.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Branch { root, stats })
+    }
+
+    fn sys(&self) {
+        if let Some(s) = &self.stats {
+            s.count();
+        }
+    }
+
+    fn raw(&self, d: &Dir) -> RawFd {
+        match d {
+            Dir::Root => self.root.as_raw_fd(),
+            Dir::Owned(fd) => fd.as_raw_fd(),
+        }
+    }
+
+    /// `openat2` beneath the root, refusing every symlink on the way (and the last component
+    /// too unless `O_PATH|O_NOFOLLOW` asks for the link itself).
+    fn openat2(&self, rel: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        let c = cstr(if rel.is_empty() { b"." } else { rel })?;
+        let how = OpenHow {
+            flags: (flags | libc::O_CLOEXEC) as u64,
+            mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+                mode as u64
+            } else {
+                0
+            },
+            resolve: libc::RESOLVE_BENEATH
+                | libc::RESOLVE_NO_SYMLINKS
+                | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        self.sys();
+        // SAFETY: valid fd, NUL-terminated path, `how` lives across the call with its size.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a fresh fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+    }
+
+    fn dir_of(&self, parent: Option<&WPath>) -> io::Result<Dir> {
+        match parent {
+            None => Ok(Dir::Root),
+            Some(p) => Ok(Dir::Owned(self.openat2(
+                p.as_bytes(),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?)),
+        }
+    }
+
+    fn close(&self, d: Dir) {
+        if let Dir::Owned(fd) = d {
+            self.sys();
+            drop(fd);
+        }
+    }
+
+    /// Opens `path` (`None` = the root) with `flags`; never follows a symlink.
+    pub(crate) fn open_at(
+        &self,
+        path: Option<&WPath>,
+        flags: i32,
+        mode: u32,
+    ) -> io::Result<OwnedFd> {
+        let rel = path.map(|p| p.as_bytes()).unwrap_or(b"");
+        self.openat2(rel, flags | libc::O_NOFOLLOW, mode)
+    }
+
+    /// Closes an fd opened on this branch (counted).
+    pub(crate) fn close_fd(&self, fd: OwnedFd) {
+        self.sys();
+        drop(fd);
+    }
+
+    /// `lstat` of `path` (`None` = the root).
+    pub(crate) fn lstat(&self, path: Option<&WPath>) -> io::Result<libc::stat> {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        match path {
+            None => {
+                self.sys();
+                // SAFETY: valid fd and out pointer.
+                check(unsafe { libc::fstat(self.root.as_raw_fd(), &mut st) })?;
+            }
+            Some(p) => {
+                let (parent, name) = split(p);
+                let d = self.dir_of(parent.as_ref())?;
+                let c = cstr(name)?;
+                self.sys();
+                // SAFETY: valid dir fd, NUL-terminated name, valid out pointer.
+                let r = check(unsafe {
+                    libc::fstatat(self.raw(&d), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+                });
+                self.close(d);
+                r?;
+            }
+        }
+        Ok(st)
+    }
+
+    /// `fstat` of an fd from this branch (counted).
+    pub(crate) fn fstat(&self, fd: RawFd) -> io::Result<libc::stat> {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        self.sys();
+        // SAFETY: valid out pointer; a bad fd yields EBADF.
+        check(unsafe { libc::fstat(fd, &mut st) })?;
+        Ok(st)
+    }
+
+    /// Lists a directory. Includes names starting with `.wh.`; excludes `.` and `..`.
+    pub(crate) fn list(&self, path: Option<&WPath>) -> io::Result<Vec<RawEntry>> {
+        let fd = self.open_at(path, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let raw = fd.as_raw_fd();
+        std::mem::forget(fd);
+        // SAFETY: `raw` is an owned directory fd; fdopendir takes ownership of it.
+        let dirp = unsafe { libc::fdopendir(raw) };
+        if dirp.is_null() {
+            let e = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so we still own `raw`.
+            unsafe { libc::close(raw) };
+            return Err(e);
+        }
+        let mut out = Vec::new();
+        loop {
+            self.sys();
+            // SAFETY: `dirp` is a valid open DIR stream.
+            let ent = unsafe { libc::readdir64(dirp) };
+            if ent.is_null() {
+                break;
+            }
+            // SAFETY: readdir64 returned a valid entry whose d_name is NUL-terminated.
+            let (name, dtype) = unsafe {
+                let e = &*ent;
+                (
+                    std::ffi::CStr::from_ptr(e.d_name.as_ptr())
+                        .to_bytes()
+                        .to_vec(),
+                    e.d_type,
+                )
+            };
+            if name == b"." || name == b".." {
+                continue;
+            }
+            out.push(RawEntry { name, dtype });
+        }
+        self.sys();
+        // SAFETY: `dirp` is valid and closed once.
+        unsafe { libc::closedir(dirp) };
+        Ok(out)
+    }
+
+    /// Reads a symlink's target.
+    pub(crate) fn readlink(&self, path: &WPath) -> io::Result<Vec<u8>> {
+        let (parent, name) = split(path);
+        let d = self.dir_of(parent.as_ref())?;
+        let c = cstr(name)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        self.sys();
+        // SAFETY: valid fd, name and buffer with its length.
+        let r = unsafe {
+            libc::readlinkat(self.raw(&d), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        let err = io::Error::last_os_error();
+        self.close(d);
+        if r < 0 {
+            return Err(err);
+        }
+        buf.truncate(r as usize);
+        Ok(buf)
+    }
+
+    /// Runs `f(dirfd, name)` with the parent of `path` opened beneath the root.
+    fn at<R>(
+        &self,
+        path: &WPath,
+        f: impl FnOnce(RawFd, &CString) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let (parent, name) = split(path);
+        let d = self.dir_of(parent.as_ref())?;
+        let c = cstr(name)?;
+        self.sys();
+        let r = f(self.raw(&d), &c);
+        self.close(d);
+        r
+    }
+
+    /// `mkdirat`.
+    pub(crate) fn mkdir(&self, path: &WPath, mode: u32) -> io::Result<()> {
+        // SAFETY (all closures below): valid dir fd and NUL-terminated name.
+        self.at(path, |d, n| {
+            check(unsafe { libc::mkdirat(d, n.as_ptr(), mode) }).map(drop)
+        })
+    }
+
+    /// `mknodat`.
+    pub(crate) fn mknod(&self, path: &WPath, mode: u32, rdev: u64) -> io::Result<()> {
+        self.at(path, |d, n| {
+            check(unsafe { libc::mknodat(d, n.as_ptr(), mode, rdev) }).map(drop)
+        })
+    }
+
+    /// `symlinkat(target, path)`.
+    pub(crate) fn symlink(&self, target: &[u8], path: &WPath) -> io::Result<()> {
+        let t = cstr(target)?;
+        self.at(path, |d, n| {
+            check(unsafe { libc::symlinkat(t.as_ptr(), d, n.as_ptr()) }).map(drop)
+        })
+    }
+
+    /// `unlinkat` (a file, or with `dir` an empty directory).
+    pub(crate) fn unlink(&self, path: &WPath, dir: bool) -> io::Result<()> {
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        self.at(path, |d, n| {
+            check(unsafe { libc::unlinkat(d, n.as_ptr(), flags) }).map(drop)
+        })
+    }
+
+    /// `fchownat(AT_SYMLINK_NOFOLLOW)`.
+    pub(crate) fn chown(&self, path: &WPath, uid: u32, gid: u32) -> io::Result<()> {
+        self.at(path, |d, n| {
+            check(unsafe { libc::fchownat(d, n.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
+                .map(drop)
+        })
+    }
+
+    /// `fchmodat2(AT_SYMLINK_NOFOLLOW)`: never changes a symlink's target.
+    pub(crate) fn chmod(&self, path: Option<&WPath>, mode: u32) -> io::Result<()> {
+        let Some(path) = path else {
+            self.sys();
+            // SAFETY: plain syscall on the root fd with an empty path.
+            return check(unsafe {
+                libc::syscall(
+                    libc::SYS_fchmodat2,
+                    self.root.as_raw_fd(),
+                    c"".as_ptr(),
+                    mode,
+                    libc::AT_EMPTY_PATH,
+                ) as libc::c_int
+            })
+            .map(drop);
+        };
+        self.at(path, |d, n| {
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_fchmodat2,
+                    d,
+                    n.as_ptr(),
+                    mode,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ) as libc::c_int
+            })
+            .map(drop)
+        })
+    }
+
+    /// `utimensat(AT_SYMLINK_NOFOLLOW)`.
+    pub(crate) fn utimens(&self, path: &WPath, times: &[libc::timespec; 2]) -> io::Result<()> {
+        self.at(path, |d, n| {
+            check(unsafe {
+                libc::utimensat(d, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .map(drop)
+        })
+    }
+
+    /// `linkat(old, new)`, both on this branch, never following a symlink.
+    pub(crate) fn link(&self, old: &WPath, new: &WPath) -> io::Result<()> {
+        let (op, on) = split(old);
+        let od = self.dir_of(op.as_ref())?;
+        let oc = cstr(on)?;
+        let r = self.at(new, |d, n| {
+            check(unsafe { libc::linkat(self.raw(&od), oc.as_ptr(), d, n.as_ptr(), 0) }).map(drop)
+        });
+        self.close(od);
+        r
+    }
+
+    /// `renameat2(old, new, flags)` within this branch.
+    pub(crate) fn rename(&self, old: &WPath, new: &WPath, flags: u32) -> io::Result<()> {
+        let (op, on) = split(old);
+        let od = self.dir_of(op.as_ref())?;
+        let oc = cstr(on)?;
+        let r = self.at(new, |d, n| {
+            check(unsafe { libc::renameat2(self.raw(&od), oc.as_ptr(), d, n.as_ptr(), flags) })
+                .map(drop)
+        });
+        self.close(od);
+        r
+    }
+
+    /// `fstatvfs` of the root.
+    pub(crate) fn statvfs(&self) -> io::Result<libc::statvfs> {
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        self.sys();
+        // SAFETY: valid fd and out pointer.
+        check(unsafe { libc::fstatvfs(self.root.as_raw_fd(), &mut s) })?;
+        Ok(s)
+    }
+
+    /// Runs `f` on `/proc/self/fd/N` of an `O_PATH` fd of `path`, for the xattr calls (which
+    /// have no fd form usable on `O_PATH` fds). The magic link names exactly the opened file,
+    /// which was opened without following symlinks. Symlinks themselves are refused (ENOTSUP).
+    pub(crate) fn with_proc_path<R>(
+        &self,
+        path: Option<&WPath>,
+        f: impl FnOnce(&CString) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let fd = self.open_at(path, libc::O_PATH, 0)?;
+        let st = self.fstat(fd.as_raw_fd());
+        let r = match st {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                Err(io::Error::from_raw_os_error(libc::ENOTSUP))
+            }
+            Ok(_) => {
+                let p = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+                self.sys();
+                f(&p)
+            }
+            Err(e) => Err(e),
+        };
+        self.close_fd(fd);
+        r
+    }
+}

@@ -1,0 +1,2081 @@
+//! The union filesystem: FUSE requests answered from the RO and RW branches as the
+//! translation table says.
+//!
+//! Where a path is served from:
+//! - `Resolution::Ro`: the RO branch only (the RW branch is not touched);
+//! - `Rw`: the RW branch; if the RW branch lacks it (a mark that raced a removal), the RO
+//!   branch unless the RW branch holds an aufs whiteout for it (the RW branch is the truth);
+//! - `Opaque` / `RwOnly`: the RW branch only; `Hidden`: nowhere.
+//!
+//! A directory with no table children is listed from the RO branch alone; otherwise both
+//! listings are merged by the same rules, so `readdir` and `lookup` always agree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use wcfs_core::dot::{Kind, Op};
+use wcfs_core::handle::TableHandle;
+use wcfs_core::path::{MAX_NAME_LEN, PathError, WPath};
+use wcfs_core::table::Resolution;
+
+use crate::branch::{Branch, split};
+use crate::inode::{Inodes, ROOT};
+use crate::stats::{OpKind, RwStats, enter};
+
+/// aufs whiteout prefix: `.wh.<name>` on the RW branch hides `<name>` of the RO branch.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// aufs opaque-directory marker, inside an RW directory that hides the RO one.
+pub const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+/// Longest user name: a whiteout `.wh.<name>` must still fit in `NAME_MAX`.
+pub const MAX_USER_NAME: usize = MAX_NAME_LEN - WH_PREFIX.len();
+
+/// Tunables of the union: kernel cache lifetimes, dispatch threads, passthrough.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Entry and attribute TTL for paths served from the RO branch. RO content never changes
+    /// under a mount and table changes invalidate exactly, so this can be long.
+    pub ro_ttl: Duration,
+    /// Entry and attribute TTL for paths served from the RW branch (other nodes can change
+    /// the shared RW branch's files' attributes without a table change).
+    pub rw_ttl: Duration,
+    /// How long the kernel may remember that a name does not exist (zero: not at all).
+    pub negative_ttl: Duration,
+    /// FUSE dispatch threads.
+    pub threads: usize,
+    /// Use FUSE passthrough for RW files when the kernel offers it.
+    pub passthrough: bool,
+    /// Offer `readdirplus` to the kernel.
+    pub readdirplus: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> FsConfig {
+        FsConfig {
+            ro_ttl: Duration::from_secs(60),
+            rw_ttl: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(60),
+            threads: 4,
+            passthrough: true,
+            readdirplus: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Ro,
+    Rw,
+}
+
+struct Found {
+    side: Side,
+    st: libc::stat,
+}
+
+struct DirEnt {
+    name: Vec<u8>,
+    ino: u64,
+    kind: FileType,
+}
+
+enum Handle {
+    File {
+        ino: u64,
+        file: File,
+        side: Side,
+        /// Keeps the kernel's passthrough registration alive while the file is open.
+        _backing: Option<Arc<BackingId>>,
+    },
+    Dir {
+        entries: Vec<DirEnt>,
+    },
+}
+
+/// Per-inode open state that the kernel's passthrough rules depend on.
+#[derive(Default)]
+struct OpenState {
+    /// The backing registered for this inode (one per inode while any passthrough open lives).
+    backing: Weak<BackingId>,
+    /// Opens served through the daemon/page cache; passthrough cannot mix with them.
+    cached: u32,
+}
+
+/// State shared by the FUSE workers, the invalidator and the mount guard.
+pub(crate) struct Shared {
+    pub(crate) ro: Branch,
+    pub(crate) rw: Branch,
+    pub(crate) table: Arc<dyn TableHandle>,
+    pub(crate) inodes: Inodes,
+    pub(crate) stats: Arc<RwStats>,
+    cfg: FsConfig,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    passthrough_on: AtomicBool,
+    open_state: Mutex<HashMap<u64, OpenState>>,
+    copy_up_lock: Mutex<()>,
+    tmp_counter: AtomicU64,
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn is_enoent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+fn path_errno(e: PathError) -> Errno {
+    match e {
+        PathError::TooLong { .. } | PathError::NameTooLong { .. } => Errno::ENAMETOOLONG,
+        _ => Errno::EINVAL,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_kind(d: u8) -> Option<FileType> {
+    Some(match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_REG => FileType::RegularFile,
+        _ => return None,
+    })
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn attr(ino: u64, st: &libc::stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                libc::timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}
+
+/// Whether a user-supplied name may be created: aufs reserves `.wh.` names, and the name's
+/// whiteout must fit in `NAME_MAX`.
+fn check_new_name(name: &[u8]) -> Result<(), Errno> {
+    if name.starts_with(WH_PREFIX) {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > MAX_USER_NAME {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+fn wh_path(path: &WPath) -> Result<WPath, Errno> {
+    let (parent, name) = split(path);
+    let mut n = WH_PREFIX.to_vec();
+    n.extend_from_slice(name);
+    WPath::child_of(parent.as_ref(), &n).map_err(path_errno)
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+impl Shared {
+    pub(crate) fn new(
+        ro: Branch,
+        rw: Branch,
+        table: Arc<dyn TableHandle>,
+        stats: Arc<RwStats>,
+        cfg: FsConfig,
+    ) -> Shared {
+        Shared {
+            ro,
+            rw,
+            table,
+            inodes: Inodes::new(),
+            stats,
+            cfg,
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            passthrough_on: AtomicBool::new(false),
+            open_state: Mutex::default(),
+            copy_up_lock: Mutex::new(()),
+            tmp_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the kernel accepted passthrough at init.
+    pub(crate) fn passthrough_active(&self) -> bool {
+        self.passthrough_on.load(Ordering::Relaxed)
+    }
+
+    fn branch(&self, side: Side) -> &Branch {
+        match side {
+            Side::Ro => &self.ro,
+            Side::Rw => &self.rw,
+        }
+    }
+
+    fn ttl(&self, side: Side) -> Duration {
+        match side {
+            Side::Ro => self.cfg.ro_ttl,
+            Side::Rw => self.cfg.rw_ttl,
+        }
+    }
+
+    fn resolve(&self, path: Option<&WPath>) -> Resolution {
+        path.map_or(Resolution::Ro, |p| self.table.resolve(p))
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Result<Option<WPath>, Errno> {
+        self.inodes.path(ino.0).map_err(|()| Errno::ENOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(Option<WPath>, WPath), Errno> {
+        let dir = self.path_of(parent)?;
+        let p = WPath::child_of(dir.as_ref(), name.as_bytes()).map_err(path_errno)?;
+        Ok((dir, p))
+    }
+
+    /// Where the union finds `path`, with its attributes.
+    fn locate(&self, path: Option<&WPath>) -> Result<Found, Errno> {
+        let Some(p) = path else {
+            let st = self.ro.lstat(None).map_err(errno)?;
+            return Ok(Found { side: Side::Ro, st });
+        };
+        let on = |side: Side| -> Result<Found, io::Error> {
+            self.branch(side)
+                .lstat(Some(p))
+                .map(|st| Found { side, st })
+        };
+        let enoent = |e: io::Error| {
+            if is_enoent(&e) {
+                Errno::ENOENT
+            } else {
+                errno(e)
+            }
+        };
+        match self.table.resolve(p) {
+            Resolution::Hidden => Err(Errno::ENOENT),
+            Resolution::Ro => on(Side::Ro).map_err(enoent),
+            Resolution::Opaque | Resolution::RwOnly => on(Side::Rw).map_err(enoent),
+            Resolution::Rw => match on(Side::Rw) {
+                Ok(f) => Ok(f),
+                Err(e) if is_enoent(&e) => {
+                    // A mark without an RW file: the RW branch is the truth, so its whiteout
+                    // (if any) decides, else the RO branch shows through.
+                    let wh = wh_path(p)?;
+                    if self.rw.lstat(Some(&wh)).is_ok() {
+                        return Err(Errno::ENOENT);
+                    }
+                    on(Side::Ro).map_err(enoent)
+                }
+                Err(e) => Err(errno(e)),
+            },
+        }
+    }
+
+    /// Whether the RO branch has `path` visibly below any RW copy (so removing the path from
+    /// the union needs a whiteout).
+    /// The path's own entry does not matter (an opaque directory or a file created over a
+    /// whiteout still has the RO copy below it); an opaque or hidden ancestor does.
+    fn ro_below(&self, path: &WPath, res: Resolution) -> bool {
+        if res == Resolution::RwOnly {
+            return false;
+        }
+        let parent = self.resolve(path.parent().as_ref());
+        matches!(parent, Resolution::Ro | Resolution::Rw) && self.ro.lstat(Some(path)).is_ok()
+    }
+
+    /// The merged listing of a directory, `.`/`..` excluded.
+    fn union_list(&self, dir: Option<&WPath>) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
+        let res = self.resolve(dir);
+        if res == Resolution::Hidden {
+            return Err(Errno::ENOENT);
+        }
+        let children = self.table.children(dir);
+        let use_ro = matches!(res, Resolution::Ro | Resolution::Rw);
+        let use_rw = !children.is_empty()
+            || matches!(
+                res,
+                Resolution::Rw | Resolution::Opaque | Resolution::RwOnly
+            );
+        let list = |b: &Branch| match b.list(dir) {
+            Ok(v) => Ok(v),
+            Err(e) if is_enoent(&e) => Ok(Vec::new()),
+            Err(e) => Err(errno(e)),
+        };
+        let ro = if use_ro { list(&self.ro)? } else { Vec::new() };
+        if !use_rw {
+            let mut out = Vec::with_capacity(ro.len());
+            for e in ro {
+                let k = match dtype_kind(e.dtype) {
+                    Some(k) => k,
+                    None => self.kind_of(Side::Ro, dir, &e.name)?,
+                };
+                out.push((e.name, k));
+            }
+            return Ok(out);
+        }
+        let rw = list(&self.rw)?;
+        let kinds: HashMap<&[u8], Option<Kind>> = children
+            .iter()
+            .map(|c| (c.name.as_slice(), c.kind))
+            .collect();
+        let ro_names: HashMap<&[u8], u8> =
+            ro.iter().map(|e| (e.name.as_slice(), e.dtype)).collect();
+        let rw_names: HashMap<&[u8], u8> =
+            rw.iter().map(|e| (e.name.as_slice(), e.dtype)).collect();
+        let opaque_here = matches!(res, Resolution::Opaque | Resolution::RwOnly);
+        let mut out: BTreeMap<Vec<u8>, (Side, u8)> = BTreeMap::new();
+        for e in &rw {
+            if e.name.starts_with(WH_PREFIX) {
+                continue;
+            }
+            let show = match kinds.get(e.name.as_slice()) {
+                Some(Some(Kind::Rw | Kind::Opaque)) => true,
+                Some(Some(Kind::Whiteout)) => false,
+                _ => opaque_here || ro_names.contains_key(e.name.as_slice()),
+            };
+            if show {
+                out.insert(e.name.clone(), (Side::Rw, e.dtype));
+            }
+        }
+        for e in &ro {
+            if out.contains_key(&e.name) {
+                continue;
+            }
+            let show = match kinds.get(e.name.as_slice()) {
+                Some(Some(Kind::Whiteout)) => false,
+                Some(Some(Kind::Rw | Kind::Opaque)) => {
+                    let mut wh = WH_PREFIX.to_vec();
+                    wh.extend_from_slice(&e.name);
+                    !rw_names.contains_key(wh.as_slice())
+                }
+                _ => true,
+            };
+            if show {
+                out.insert(e.name.clone(), (Side::Ro, e.dtype));
+            }
+        }
+        let mut v = Vec::with_capacity(out.len());
+        for (name, (side, dtype)) in out {
+            let k = match dtype_kind(dtype) {
+                Some(k) => k,
+                None => self.kind_of(side, dir, &name)?,
+            };
+            v.push((name, k));
+        }
+        Ok(v)
+    }
+
+    fn kind_of(&self, side: Side, dir: Option<&WPath>, name: &[u8]) -> Result<FileType, Errno> {
+        let p = WPath::child_of(dir, name).map_err(path_errno)?;
+        let st = self.branch(side).lstat(Some(&p)).map_err(errno)?;
+        Ok(file_type(st.st_mode))
+    }
+
+    fn propose(&self, path: &WPath, op: Op) -> Result<(), Errno> {
+        self.table.propose(path, op).map_err(|e| {
+            tracing::error!(%path, ?op, error = %e, "table proposal failed");
+            Errno::EIO
+        })
+    }
+
+    /// Forgets every live table entry strictly below `dir` (its content moved or vanished).
+    fn forget_below(&self, dir: &WPath) -> Result<(), Errno> {
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for c in self.table.children(Some(&d)) {
+                let p = d.join(&c.name).map_err(path_errno)?;
+                if c.kind.is_some() {
+                    self.propose(&p, Op::Forget)?;
+                }
+                if c.has_children {
+                    stack.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure directory `dir` exists on the RW branch, creating missing ancestors with
+    /// the RO directories' owner, mode and times (overlayfs's parent copy-up).
+    fn prepare_rw_dir(&self, dir: Option<&WPath>) -> Result<(), Errno> {
+        let Some(dir) = dir else { return Ok(()) };
+        match self.rw.lstat(Some(dir)) {
+            Ok(st) if is_dir(&st) => return Ok(()),
+            Ok(_) => return Err(Errno::ENOTDIR),
+            Err(e) if is_enoent(&e) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        let mut cur: Option<WPath> = None;
+        for c in dir.components() {
+            let p = WPath::child_of(cur.as_ref(), c).map_err(path_errno)?;
+            match self.rw.lstat(Some(&p)) {
+                Ok(st) if is_dir(&st) => {}
+                Ok(_) => return Err(Errno::ENOTDIR),
+                Err(e) if is_enoent(&e) => {
+                    let src = self.ro.lstat(Some(&p)).map_err(errno)?;
+                    if !is_dir(&src) {
+                        return Err(Errno::ENOTDIR);
+                    }
+                    match self.rw.mkdir(&p, 0o700) {
+                        Ok(()) => self.copy_meta(&p, &src)?,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(errno(e)),
+                    }
+                }
+                Err(e) => return Err(errno(e)),
+            }
+            cur = Some(p);
+        }
+        Ok(())
+    }
+
+    /// Gives RW `path` the owner, mode and times of `st` (never following symlinks).
+    fn copy_meta(&self, path: &WPath, st: &libc::stat) -> Result<(), Errno> {
+        self.rw.chown(path, st.st_uid, st.st_gid).map_err(errno)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            self.rw
+                .chmod(Some(path), st.st_mode & 0o7777)
+                .map_err(errno)?;
+        }
+        let t = [
+            libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            },
+        ];
+        self.rw.utimens(path, &t).map_err(errno)
+    }
+
+    fn tmp_name(&self, path: &WPath) -> Result<WPath, Errno> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!(".wh..wh.copyup.{}.{n}", std::process::id());
+        WPath::child_of(path.parent().as_ref(), name.as_bytes()).map_err(path_errno)
+    }
+
+    /// Copies RO `path` up to the RW branch: data into a hidden temp name, fsync, metadata and
+    /// xattrs, rename into place; then marks it `Rw`. A crash leaves at most a hidden temp.
+    fn copy_up(&self, path: &WPath) -> Result<(), Errno> {
+        let _g = self.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(self.table.resolve(path), Resolution::Rw) && self.rw.lstat(Some(path)).is_ok() {
+            return Ok(());
+        }
+        let src = self.ro.lstat(Some(path)).map_err(errno)?;
+        self.prepare_rw_dir(path.parent().as_ref())?;
+        match src.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                match self.rw.mkdir(path, 0o700) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(errno(e)),
+                }
+                self.copy_xattrs(path, path)?;
+                self.copy_meta(path, &src)?;
+            }
+            libc::S_IFREG => {
+                let tmp = self.tmp_name(path)?;
+                let r = self.copy_file(path, &tmp, &src);
+                if let Err(e) = r {
+                    let _ = self.rw.unlink(&tmp, false);
+                    return Err(e);
+                }
+                if let Err(e) = self.rw.rename(&tmp, path, 0) {
+                    let _ = self.rw.unlink(&tmp, false);
+                    return Err(errno(e));
+                }
+            }
+            libc::S_IFLNK => {
+                let target = self.ro.readlink(path).map_err(errno)?;
+                let tmp = self.tmp_name(path)?;
+                self.rw.symlink(&target, &tmp).map_err(errno)?;
+                let r = self
+                    .copy_meta(&tmp, &src)
+                    .and_then(|()| self.rw.rename(&tmp, path, 0).map_err(errno));
+                if let Err(e) = r {
+                    let _ = self.rw.unlink(&tmp, false);
+                    return Err(e);
+                }
+            }
+            _ => {
+                let tmp = self.tmp_name(path)?;
+                self.rw
+                    .mknod(&tmp, src.st_mode & !0o7777 | 0o600, src.st_rdev)
+                    .map_err(errno)?;
+                let r = self
+                    .copy_meta(&tmp, &src)
+                    .and_then(|()| self.rw.rename(&tmp, path, 0).map_err(errno));
+                if let Err(e) = r {
+                    let _ = self.rw.unlink(&tmp, false);
+                    return Err(e);
+                }
+            }
+        }
+        self.propose(path, Op::MarkRw)
+    }
+
+    fn copy_file(&self, path: &WPath, tmp: &WPath, src: &libc::stat) -> Result<(), Errno> {
+        let from = File::from(
+            self.ro
+                .open_at(Some(path), libc::O_RDONLY, 0)
+                .map_err(errno)?,
+        );
+        let to = File::from(
+            self.rw
+                .open_at(
+                    Some(tmp),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )
+                .map_err(errno)?,
+        );
+        let mut off: u64 = 0;
+        let len = src.st_size as u64;
+        let mut use_cfr = true;
+        let mut buf = Vec::new();
+        while off < len {
+            let want = (len - off).min(1 << 30) as usize;
+            if use_cfr {
+                let mut oi = off as i64;
+                let mut oo = off as i64;
+                self.stats.count();
+                // SAFETY: valid fds and offset pointers.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        from.as_raw_fd(),
+                        &mut oi,
+                        to.as_raw_fd(),
+                        &mut oo,
+                        want,
+                        0,
+                    )
+                };
+                if n > 0 {
+                    off += n as u64;
+                    continue;
+                }
+                if n == 0 {
+                    break;
+                }
+                let e = last_err();
+                match e.raw_os_error() {
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
+                        use_cfr = false;
+                        buf.resize(1 << 20, 0);
+                        continue;
+                    }
+                    _ => return Err(errno(e)),
+                }
+            }
+            let n = from
+                .read_at(&mut buf[..want.min(1 << 20)], off)
+                .map_err(errno)?;
+            if n == 0 {
+                break;
+            }
+            self.stats.count();
+            to.write_all_at(&buf[..n], off).map_err(errno)?;
+            off += n as u64;
+        }
+        // Xattrs first: setting them may be refused after the mode drops write permission.
+        self.copy_fd_xattrs(&from, &to)?;
+        // SAFETY (all three): valid fds.
+        self.stats.count();
+        if unsafe { libc::fchown(to.as_raw_fd(), src.st_uid, src.st_gid) } < 0 {
+            return Err(errno(last_err()));
+        }
+        self.stats.count();
+        if unsafe { libc::fchmod(to.as_raw_fd(), src.st_mode & 0o7777) } < 0 {
+            return Err(errno(last_err()));
+        }
+        let t = [
+            libc::timespec {
+                tv_sec: src.st_atime,
+                tv_nsec: src.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: src.st_mtime,
+                tv_nsec: src.st_mtime_nsec,
+            },
+        ];
+        self.stats.count();
+        if unsafe { libc::futimens(to.as_raw_fd(), t.as_ptr()) } < 0 {
+            return Err(errno(last_err()));
+        }
+        self.stats.count();
+        to.sync_all().map_err(errno)?;
+        self.rw.close_fd(OwnedFd::from(to));
+        Ok(())
+    }
+
+    fn copy_fd_xattrs(&self, from: &File, to: &File) -> Result<(), Errno> {
+        let names = match flist(from.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+            Err(e) => return Err(errno(e)),
+        };
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let Ok(cname) = CString::new(name) else {
+                continue;
+            };
+            let val = match fget(from.as_raw_fd(), &cname) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            self.stats.count();
+            // SAFETY: valid fd, name and value buffer.
+            let r = unsafe {
+                libc::fsetxattr(
+                    to.as_raw_fd(),
+                    cname.as_ptr(),
+                    val.as_ptr().cast(),
+                    val.len(),
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = last_err();
+                // Some namespaces cannot be set on the RW branch; the data is still copied.
+                tracing::warn!(name = %String::from_utf8_lossy(name), error = %e, "xattr not copied up");
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_xattrs(&self, from: &WPath, to: &WPath) -> Result<(), Errno> {
+        let names = match self.ro.with_proc_path(Some(from), plist) {
+            Ok(n) => n,
+            Err(_) => return Ok(()),
+        };
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let Ok(cname) = CString::new(name) else {
+                continue;
+            };
+            let Ok(val) = self.ro.with_proc_path(Some(from), |p| pget(p, &cname)) else {
+                continue;
+            };
+            let _ = self
+                .rw
+                .with_proc_path(Some(to), |p| pset(p, &cname, &val, 0));
+        }
+        Ok(())
+    }
+
+    /// Creates the aufs whiteout for `path` on the RW branch.
+    fn write_whiteout(&self, path: &WPath) -> Result<(), Errno> {
+        self.prepare_rw_dir(path.parent().as_ref())?;
+        let wh = wh_path(path)?;
+        match self
+            .rw
+            .open_at(Some(&wh), libc::O_WRONLY | libc::O_CREAT, 0o444)
+        {
+            Ok(fd) => {
+                self.rw.close_fd(fd);
+                Ok(())
+            }
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    fn remove_whiteout(&self, path: &WPath) -> Result<(), Errno> {
+        match self.rw.unlink(&wh_path(path)?, false) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Empties an RW directory of aufs markers so it can be removed or replaced; fails with
+    /// ENOTEMPTY if it holds anything else.
+    fn clear_markers(&self, dir: &WPath) -> Result<(), Errno> {
+        let entries = match self.rw.list(Some(dir)) {
+            Ok(v) => v,
+            Err(e) if is_enoent(&e) => return Ok(()),
+            Err(e) => return Err(errno(e)),
+        };
+        if entries.iter().any(|e| !e.name.starts_with(WH_PREFIX)) {
+            return Err(Errno::ENOTEMPTY);
+        }
+        for e in entries {
+            let p = dir.join(&e.name).map_err(path_errno)?;
+            let is_d = e.dtype == libc::DT_DIR;
+            self.rw.unlink(&p, is_d).map_err(errno)?;
+        }
+        Ok(())
+    }
+
+    /// Validates a new name in `parent`, checks it is free in the union and prepares the RW
+    /// parent. Returns the path and whether it is whited out (the new entry must be opaque).
+    fn new_entry(&self, parent: INodeNo, name: &OsStr) -> Result<(WPath, bool), Errno> {
+        check_new_name(name.as_bytes())?;
+        let (dir, path) = self.child(parent, name)?;
+        match self.locate(Some(&path)) {
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(e) if e == Errno::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let over_wh = self.table.resolve(&path) == Resolution::Hidden;
+        self.prepare_rw_dir(dir.as_ref())?;
+        if over_wh {
+            self.remove_whiteout(&path)?;
+        }
+        Ok((path, over_wh))
+    }
+
+    /// The gid a new entry gets: the caller's, or the parent's under a setgid directory.
+    fn new_gid(&self, parent: INodeNo, req: &Request) -> Result<(u32, bool), Errno> {
+        let dir = self.path_of(parent)?;
+        let st = self.locate(dir.as_ref())?.st;
+        if st.st_mode & libc::S_ISGID != 0 {
+            Ok((st.st_gid, true))
+        } else {
+            Ok((req.gid(), false))
+        }
+    }
+
+    /// Records a new RW entry in the table; undoes the RW entry if the table refuses.
+    fn commit_new(&self, path: &WPath, over_wh: bool, dir: bool) -> Result<(), Errno> {
+        let op = if over_wh { Op::MarkOpaque } else { Op::MarkRw };
+        if let Err(e) = self.propose(path, op) {
+            let _ = self.rw.unlink(path, dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn entry_reply(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        path: &WPath,
+    ) -> Result<(u64, FileAttr, Duration), Errno> {
+        let f = self.locate(Some(path))?;
+        let ino = self.inodes.get_or_insert(parent.0, name.as_bytes());
+        Ok((ino, attr(ino, &f.st), self.ttl(f.side)))
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// An open file of a detached inode, for `getattr` of unlinked-but-open files.
+    fn open_file_of(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|h| matches!(***h, Handle::File { ino: i, .. } if i == ino))
+            .cloned()
+    }
+
+    fn fstat_handle(&self, h: &Handle) -> Result<libc::stat, Errno> {
+        match h {
+            Handle::File { file, side, .. } => {
+                self.branch(*side).fstat(file.as_raw_fd()).map_err(errno)
+            }
+            Handle::Dir { .. } => Err(Errno::EBADF),
+        }
+    }
+
+    /// Opens `ino` for a FUSE open/create reply: RO files read-only with kept page cache, RW
+    /// files through passthrough when possible.
+    fn do_open(&self, ino: u64, fd: OwnedFd, side: Side, reply: OpenReply<'_>) {
+        let mut backing = None;
+        if side == Side::Rw && self.passthrough_active() {
+            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+            let s = st.entry(ino).or_default();
+            if s.cached == 0 {
+                backing = match s.backing.upgrade() {
+                    Some(b) => Some(b),
+                    None => match reply.open_backing(&fd) {
+                        Ok(b) => {
+                            let b = Arc::new(b);
+                            s.backing = Arc::downgrade(&b);
+                            Some(b)
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "passthrough unavailable; serving through the daemon");
+                            None
+                        }
+                    },
+                };
+            }
+            if backing.is_none() {
+                s.cached += 1;
+            }
+        } else {
+            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+            st.entry(ino).or_default().cached += 1;
+        }
+        let flags = if side == Side::Ro {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let b2 = backing.clone();
+        let fh = self.add_handle(Handle::File {
+            ino,
+            file: File::from(fd),
+            side,
+            _backing: backing,
+        });
+        reply.send(FileHandle(fh), flags, b2.as_deref());
+    }
+
+    fn release_handle(&self, fh: FileHandle) {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        if let Some(h) = h
+            && let Handle::File { ino, _backing, .. } = &*h
+        {
+            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = st.get_mut(ino) {
+                if _backing.is_none() {
+                    s.cached = s.cached.saturating_sub(1);
+                }
+                if s.cached == 0 && s.backing.strong_count() <= 1 {
+                    st.remove(ino);
+                }
+            }
+        }
+    }
+}
+
+/// The two open replies (open and create) behind one interface.
+enum OpenReply<'a> {
+    Open(ReplyOpen),
+    Create(ReplyCreate, &'a FileAttr, Duration),
+}
+
+impl OpenReply<'_> {
+    fn open_backing(&self, fd: &OwnedFd) -> io::Result<BackingId> {
+        match self {
+            OpenReply::Open(r) => r.open_backing(fd),
+            OpenReply::Create(r, ..) => r.open_backing(fd),
+        }
+    }
+    fn send(self, fh: FileHandle, flags: FopenFlags, backing: Option<&BackingId>) {
+        match (self, backing) {
+            (OpenReply::Open(r), None) => r.opened(fh, flags),
+            (OpenReply::Open(r), Some(b)) => r.opened_passthrough(fh, flags, b),
+            (OpenReply::Create(r, a, ttl), None) => r.created(&ttl, a, Generation(0), fh, flags),
+            (OpenReply::Create(r, a, ttl), Some(b)) => {
+                r.created_passthrough(&ttl, a, Generation(0), fh, flags, b)
+            }
+        }
+    }
+}
+
+fn flist(fd: RawFd) -> io::Result<Vec<u8>> {
+    // SAFETY: a null buffer with size 0 asks for the size.
+    let n = unsafe { libc::flistxattr(fd, std::ptr::null_mut(), 0) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    let mut buf = vec![0u8; n as usize];
+    // SAFETY: buffer and its length.
+    let n = unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn fget(fd: RawFd, name: &CString) -> io::Result<Vec<u8>> {
+    // SAFETY: size query, then buffer with its length.
+    let n = unsafe { libc::fgetxattr(fd, name.as_ptr(), std::ptr::null_mut(), 0) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    let mut buf = vec![0u8; n as usize];
+    let n = unsafe { libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn plist(p: &CString) -> io::Result<Vec<u8>> {
+    // SAFETY: size query, then buffer with its length.
+    let n = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    let mut buf = vec![0u8; n as usize];
+    let n = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn pget(p: &CString, name: &CString) -> io::Result<Vec<u8>> {
+    // SAFETY: size query, then buffer with its length.
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    let mut buf = vec![0u8; n as usize];
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(last_err());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn pset(p: &CString, name: &CString, val: &[u8], flags: i32) -> io::Result<()> {
+    // SAFETY: valid strings and value buffer.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            val.as_ptr().cast(),
+            val.len(),
+            flags,
+        )
+    };
+    if r < 0 { Err(last_err()) } else { Ok(()) }
+}
+
+/// The FUSE filesystem: a thin adapter from fuser's callbacks to [`Shared`].
+pub(crate) struct UnionFs(pub(crate) Arc<Shared>);
+
+impl UnionFs {
+    #[allow(clippy::too_many_arguments)] // mirrors fuser's create callback
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) -> Result<(), (Errno, Option<ReplyCreate>)> {
+        let s = &self.0;
+        let r = (|| {
+            let (gid, _) = s.new_gid(parent, req)?;
+            let (path, over_wh) = s.new_entry(parent, name)?;
+            let acc = flags & libc::O_ACCMODE;
+            let keep = flags & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
+            let keep = if s.passthrough_active() {
+                keep
+            } else {
+                keep & !libc::O_APPEND
+            };
+            let fd =
+                s.rw.open_at(
+                    Some(&path),
+                    acc | keep | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )
+                .map_err(errno)?;
+            let perm = mode & !umask & 0o7777;
+            // SAFETY: valid fd.
+            s.stats.count();
+            let ok = unsafe { libc::fchown(fd.as_raw_fd(), req.uid(), gid) } == 0;
+            s.stats.count();
+            let ok = ok && unsafe { libc::fchmod(fd.as_raw_fd(), perm) } == 0;
+            if !ok {
+                let e = errno(last_err());
+                let _ = s.rw.unlink(&path, false);
+                return Err(e);
+            }
+            s.commit_new(&path, over_wh, false)?;
+            let st = s.rw.fstat(fd.as_raw_fd()).map_err(errno)?;
+            let ino = s.inodes.get_or_insert(parent.0, name.as_bytes());
+            Ok((ino, fd, st))
+        })();
+        match r {
+            Ok((ino, fd, st)) => {
+                let a = attr(ino, &st);
+                s.do_open(
+                    ino,
+                    fd,
+                    Side::Rw,
+                    OpenReply::Create(reply, &a, s.cfg.rw_ttl),
+                );
+                Ok(())
+            }
+            Err(e) => Err((e, Some(reply))),
+        }
+    }
+}
+
+macro_rules! tri {
+    ($reply:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => {
+                $reply.error(err);
+                return;
+            }
+        }
+    };
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let s = &self.0;
+        if s.cfg.readdirplus {
+            let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if s.cfg.passthrough {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !ok {
+                tracing::info!(
+                    "kernel lacks FUSE passthrough; RW files are served through the daemon"
+                );
+            }
+            s.passthrough_on.store(ok, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _g = enter(OpKind::Lookup);
+        let s = &self.0;
+        if name.as_bytes().starts_with(WH_PREFIX) {
+            reply.error(Errno::ENOENT);
+            return;
+        }
+        let (_, path) = tri!(reply, s.child(parent, name));
+        match s.locate(Some(&path)) {
+            Ok(f) => {
+                let ino = s.inodes.get_or_insert(parent.0, name.as_bytes());
+                let ttl = s.ttl(f.side);
+                reply.entry_with_ttls(&ttl, &ttl, &attr(ino, &f.st), Generation(0));
+            }
+            Err(e) if e == Errno::ENOENT && !s.cfg.negative_ttl.is_zero() => {
+                // A zero node id is a negative entry the kernel caches for the entry TTL.
+                reply.entry_with_ttls(
+                    &Duration::ZERO,
+                    &s.cfg.negative_ttl,
+                    &negative_attr(),
+                    Generation(0),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _g = enter(OpKind::Getattr);
+        let s = &self.0;
+        if let Some(fh) = fh
+            && let Ok(h) = s.handle(fh)
+            && let Handle::File { side, .. } = &*h
+        {
+            let st = tri!(reply, s.fstat_handle(&h));
+            reply.attr(&s.ttl(*side), &attr(ino.0, &st));
+            return;
+        }
+        match s.path_of(ino) {
+            Ok(path) => {
+                let f = tri!(reply, s.locate(path.as_ref()));
+                reply.attr(&s.ttl(f.side), &attr(ino.0, &f.st));
+            }
+            Err(e) => match s.open_file_of(ino.0) {
+                Some(h) => {
+                    let st = tri!(reply, s.fstat_handle(&h));
+                    reply.attr(&Duration::ZERO, &attr(ino.0, &st));
+                }
+                None => reply.error(e),
+            },
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _g = enter(OpKind::Setattr);
+        let s = &self.0;
+        let fh_file = fh
+            .and_then(|fh| s.handle(fh).ok())
+            .filter(|h| matches!(&**h, Handle::File { side: Side::Rw, .. }));
+        let path = match s.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => {
+                // Unlinked but open: change the open file itself.
+                let Some(h) = fh_file.or_else(|| s.open_file_of(ino.0)) else {
+                    reply.error(e);
+                    return;
+                };
+                let Handle::File { file, .. } = &*h else {
+                    reply.error(Errno::EBADF);
+                    return;
+                };
+                let fd = file.as_raw_fd();
+                // SAFETY (all): valid fd and arguments.
+                unsafe {
+                    if let Some(m) = mode
+                        && libc::fchmod(fd, m & 0o7777) < 0
+                    {
+                        reply.error(errno(last_err()));
+                        return;
+                    }
+                    if (uid.is_some() || gid.is_some())
+                        && libc::fchown(fd, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)) < 0
+                    {
+                        reply.error(errno(last_err()));
+                        return;
+                    }
+                    if let Some(sz) = size
+                        && libc::ftruncate(fd, sz as i64) < 0
+                    {
+                        reply.error(errno(last_err()));
+                        return;
+                    }
+                    if atime.is_some() || mtime.is_some() {
+                        let t = [timespec(atime), timespec(mtime)];
+                        if libc::futimens(fd, t.as_ptr()) < 0 {
+                            reply.error(errno(last_err()));
+                            return;
+                        }
+                    }
+                }
+                let st = tri!(reply, s.fstat_handle(&h));
+                reply.attr(&Duration::ZERO, &attr(ino.0, &st));
+                return;
+            }
+        };
+        let Some(p) = path else {
+            // The root's attributes come from the RO branch and are not changed.
+            reply.error(Errno::EPERM);
+            return;
+        };
+        let f = tri!(reply, s.locate(Some(&p)));
+        if f.side == Side::Ro {
+            tri!(reply, s.copy_up(&p));
+        }
+        if let Some(m) = mode {
+            tri!(reply, s.rw.chmod(Some(&p), m & 0o7777).map_err(errno));
+        }
+        if uid.is_some() || gid.is_some() {
+            tri!(
+                reply,
+                s.rw.chown(&p, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                    .map_err(errno)
+            );
+        }
+        if let Some(sz) = size {
+            let r = match &fh_file {
+                Some(h) => match &**h {
+                    Handle::File { file, .. } => file.set_len(sz).map_err(errno),
+                    Handle::Dir { .. } => Err(Errno::EBADF),
+                },
+                None => {
+                    s.rw.open_at(Some(&p), libc::O_WRONLY, 0)
+                        .map_err(errno)
+                        .and_then(|fd| {
+                            s.stats.count();
+                            let r = File::from(fd).set_len(sz).map_err(errno);
+                            s.stats.count();
+                            r
+                        })
+                }
+            };
+            tri!(reply, r);
+        }
+        if atime.is_some() || mtime.is_some() {
+            let t = [timespec(atime), timespec(mtime)];
+            tri!(reply, s.rw.utimens(&p, &t).map_err(errno));
+        }
+        let st = tri!(reply, s.rw.lstat(Some(&p)).map_err(errno));
+        reply.attr(&s.cfg.rw_ttl, &attr(ino.0, &st));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _g = enter(OpKind::Readlink);
+        let s = &self.0;
+        let path = tri!(reply, s.path_of(ino));
+        let Some(p) = path else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let f = tri!(reply, s.locate(Some(&p)));
+        let t = tri!(reply, s.branch(f.side).readlink(&p).map_err(errno));
+        reply.data(&t);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _g = enter(OpKind::Create);
+        let s = &self.0;
+        let (gid, _) = tri!(reply, s.new_gid(parent, req));
+        let (path, over_wh) = tri!(reply, s.new_entry(parent, name));
+        let perm = mode & !umask & 0o7777;
+        tri!(
+            reply,
+            s.rw.mknod(&path, (mode & libc::S_IFMT) | 0o600, rdev as u64)
+                .map_err(errno)
+        );
+        let meta =
+            s.rw.chown(&path, req.uid(), gid)
+                .and_then(|()| s.rw.chmod(Some(&path), perm));
+        if let Err(e) = meta {
+            let _ = s.rw.unlink(&path, false);
+            reply.error(errno(e));
+            return;
+        }
+        tri!(reply, s.commit_new(&path, over_wh, false));
+        let (ino, a, ttl) = tri!(reply, s.entry_reply(parent, name, &path));
+        debug_assert_eq!(a.ino.0, ino);
+        reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let _g = enter(OpKind::Create);
+        let s = &self.0;
+        let (gid, sgid) = tri!(reply, s.new_gid(parent, req));
+        let (path, over_wh) = tri!(reply, s.new_entry(parent, name));
+        let mut perm = mode & !umask & 0o7777;
+        if sgid {
+            perm |= libc::S_ISGID;
+        }
+        tri!(reply, s.rw.mkdir(&path, 0o700).map_err(errno));
+        let mut meta =
+            s.rw.chown(&path, req.uid(), gid)
+                .and_then(|()| s.rw.chmod(Some(&path), perm));
+        if meta.is_ok() && over_wh {
+            // aufs's marker keeps the RW branch self-describing for `wcfs rebuild`.
+            meta = path
+                .join(WH_OPAQUE)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+                .and_then(|m| {
+                    s.rw.open_at(Some(&m), libc::O_WRONLY | libc::O_CREAT, 0o444)
+                        .map(|fd| s.rw.close_fd(fd))
+                });
+        }
+        if let Err(e) = meta {
+            let _ = s.clear_markers(&path);
+            let _ = s.rw.unlink(&path, true);
+            reply.error(errno(e));
+            return;
+        }
+        if over_wh && let Err(e) = s.forget_below(&path) {
+            reply.error(e);
+            return;
+        }
+        tri!(reply, s.commit_new(&path, over_wh, true));
+        let (_, a, ttl) = tri!(reply, s.entry_reply(parent, name, &path));
+        reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _g = enter(OpKind::Remove);
+        let s = &self.0;
+        let (_, path) = tri!(reply, s.child(parent, name));
+        let f = tri!(reply, s.locate(Some(&path)));
+        if is_dir(&f.st) {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        let res = s.table.resolve(&path);
+        let below = f.side == Side::Ro || s.ro_below(&path, res);
+        if below {
+            // Whiteout first: a crash between the two steps must not resurrect the RO copy.
+            tri!(reply, s.write_whiteout(&path));
+        }
+        if f.side == Side::Rw {
+            tri!(reply, s.rw.unlink(&path, false).map_err(errno));
+        }
+        if below {
+            tri!(reply, s.propose(&path, Op::Whiteout));
+        } else if matches!(res, Resolution::Rw | Resolution::Opaque) {
+            tri!(reply, s.propose(&path, Op::Forget));
+        }
+        s.inodes.detach(parent.0, name.as_bytes());
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _g = enter(OpKind::Remove);
+        let s = &self.0;
+        let (_, path) = tri!(reply, s.child(parent, name));
+        let f = tri!(reply, s.locate(Some(&path)));
+        if !is_dir(&f.st) {
+            reply.error(Errno::ENOTDIR);
+            return;
+        }
+        if !tri!(reply, s.union_list(Some(&path))).is_empty() {
+            reply.error(Errno::ENOTEMPTY);
+            return;
+        }
+        let res = s.table.resolve(&path);
+        let below = f.side == Side::Ro || s.ro_below(&path, res);
+        let rw_present = f.side == Side::Rw
+            || (!s.table.children(Some(&path)).is_empty() && s.rw.lstat(Some(&path)).is_ok());
+        if below {
+            tri!(reply, s.write_whiteout(&path));
+        }
+        if rw_present {
+            tri!(reply, s.clear_markers(&path));
+            tri!(reply, s.rw.unlink(&path, true).map_err(errno));
+        }
+        tri!(reply, s.forget_below(&path));
+        if below {
+            tri!(reply, s.propose(&path, Op::Whiteout));
+        } else if matches!(res, Resolution::Rw | Resolution::Opaque) {
+            tri!(reply, s.propose(&path, Op::Forget));
+        }
+        s.inodes.detach(parent.0, name.as_bytes());
+        reply.ok();
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let _g = enter(OpKind::Create);
+        let s = &self.0;
+        let (gid, _) = tri!(reply, s.new_gid(parent, req));
+        let (path, over_wh) = tri!(reply, s.new_entry(parent, link_name));
+        tri!(
+            reply,
+            s.rw.symlink(target.as_os_str().as_bytes(), &path)
+                .map_err(errno)
+        );
+        if let Err(e) = s.rw.chown(&path, req.uid(), gid) {
+            let _ = s.rw.unlink(&path, false);
+            reply.error(errno(e));
+            return;
+        }
+        tri!(reply, s.commit_new(&path, over_wh, false));
+        let (_, a, ttl) = tri!(reply, s.entry_reply(parent, link_name, &path));
+        reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _g = enter(OpKind::Rename);
+        let s = &self.0;
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        tri!(reply, check_new_name(newname.as_bytes()));
+        let (_, src) = tri!(reply, s.child(parent, name));
+        let (dst_dir, dst) = tri!(reply, s.child(newparent, newname));
+        let fs = tri!(reply, s.locate(Some(&src)));
+        let fd = match s.locate(Some(&dst)) {
+            Ok(f) => Some(f),
+            Err(e) if e == Errno::ENOENT => None,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
+        };
+        if src == dst {
+            reply.ok();
+            return;
+        }
+        let src_dir = is_dir(&fs.st);
+        if src_dir && dst.starts_with(&src) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        if let Some(d) = &fd {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                reply.error(Errno::EEXIST);
+                return;
+            }
+            match (src_dir, is_dir(&d.st)) {
+                (true, false) => {
+                    reply.error(Errno::ENOTDIR);
+                    return;
+                }
+                (false, true) => {
+                    reply.error(Errno::EISDIR);
+                    return;
+                }
+                (true, true) => {
+                    let empty = tri!(reply, s.union_list(Some(&dst))).is_empty();
+                    if !empty {
+                        reply.error(Errno::ENOTEMPTY);
+                        return;
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        let src_res = s.table.resolve(&src);
+        let src_below = fs.side == Side::Ro || s.ro_below(&src, src_res);
+        if src_dir && src_below && matches!(src_res, Resolution::Ro | Resolution::Rw) {
+            // Like overlayfs without redirect_dir: a directory with RO content cannot move
+            // atomically; `mv` falls back to copy + delete.
+            reply.error(Errno::EXDEV);
+            return;
+        }
+        if fs.side == Side::Ro {
+            tri!(reply, s.copy_up(&src));
+        }
+        let dst_res = s.table.resolve(&dst);
+        let dst_over_wh = dst_res == Resolution::Hidden;
+        tri!(reply, s.prepare_rw_dir(dst_dir.as_ref()));
+        if let Some(d) = &fd
+            && is_dir(&d.st)
+            && d.side == Side::Rw
+        {
+            tri!(reply, s.clear_markers(&dst));
+        }
+        if dst_over_wh {
+            tri!(reply, s.remove_whiteout(&dst));
+        }
+        if src_dir {
+            tri!(reply, s.forget_below(&dst));
+        }
+        tri!(reply, s.rw.rename(&src, &dst, 0).map_err(errno));
+        let dst_op = if src_dir || dst_over_wh {
+            Op::MarkOpaque
+        } else {
+            Op::MarkRw
+        };
+        tri!(reply, s.propose(&dst, dst_op));
+        if src_below {
+            tri!(reply, s.write_whiteout(&src));
+            tri!(reply, s.propose(&src, Op::Whiteout));
+        } else if matches!(src_res, Resolution::Rw | Resolution::Opaque) {
+            tri!(reply, s.propose(&src, Op::Forget));
+        }
+        if src_dir {
+            tri!(reply, s.forget_below(&src));
+        }
+        s.inodes
+            .rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes());
+        reply.ok();
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _g = enter(OpKind::Create);
+        let s = &self.0;
+        let Some(src) = tri!(reply, s.path_of(ino)) else {
+            reply.error(Errno::EPERM);
+            return;
+        };
+        let f = tri!(reply, s.locate(Some(&src)));
+        if is_dir(&f.st) {
+            reply.error(Errno::EPERM);
+            return;
+        }
+        if f.side == Side::Ro {
+            tri!(reply, s.copy_up(&src));
+        }
+        let (path, over_wh) = tri!(reply, s.new_entry(newparent, newname));
+        tri!(reply, s.rw.link(&src, &path).map_err(errno));
+        tri!(reply, s.commit_new(&path, over_wh, false));
+        let (_, a, ttl) = tri!(reply, s.entry_reply(newparent, newname, &path));
+        reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _g = enter(OpKind::Open);
+        let s = &self.0;
+        let flags = flags.0;
+        let path = tri!(reply, s.path_of(ino));
+        let f = tri!(reply, s.locate(path.as_ref()));
+        if is_dir(&f.st) {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let mut side = f.side;
+        if side == Side::Ro && write {
+            let Some(p) = &path else {
+                reply.error(Errno::EISDIR);
+                return;
+            };
+            tri!(reply, s.copy_up(p));
+            side = Side::Rw;
+        }
+        let mut keep = flags
+            & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
+        if !s.passthrough_active() {
+            keep &= !libc::O_APPEND;
+        }
+        let fl = if side == Side::Ro {
+            libc::O_RDONLY
+        } else {
+            let fifo = file_type(f.st.st_mode) == FileType::NamedPipe;
+            acc | keep | if fifo { libc::O_NONBLOCK } else { 0 }
+        };
+        let fd = tri!(
+            reply,
+            s.branch(side).open_at(path.as_ref(), fl, 0).map_err(errno)
+        );
+        s.do_open(ino.0, fd, side, OpenReply::Open(reply));
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _g = enter(OpKind::Read);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::File { file, side, .. } = &*h else {
+            reply.error(Errno::EISDIR);
+            return;
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut n = 0;
+        while n < buf.len() {
+            if *side == Side::Rw {
+                s.stats.count();
+            }
+            match file.read_at(&mut buf[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    reply.error(errno(e));
+                    return;
+                }
+            }
+        }
+        reply.data(&buf[..n]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _g = enter(OpKind::Write);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::File { file, side, .. } = &*h else {
+            reply.error(Errno::EISDIR);
+            return;
+        };
+        if *side != Side::Rw {
+            reply.error(Errno::EBADF);
+            return;
+        }
+        s.stats.count();
+        tri!(reply, file.write_all_at(data, offset).map_err(errno));
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _g = enter(OpKind::Sync);
+        self.0.release_handle(fh);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _g = enter(OpKind::Sync);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        if let Handle::File {
+            file,
+            side: Side::Rw,
+            ..
+        } = &*h
+        {
+            s.stats.count();
+            let r = if datasync {
+                file.sync_data()
+            } else {
+                file.sync_all()
+            };
+            tri!(reply, r.map_err(errno));
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _g = enter(OpKind::Readdir);
+        let s = &self.0;
+        let path = tri!(reply, s.path_of(ino));
+        let list = tri!(reply, s.union_list(path.as_ref()));
+        let mut entries = Vec::with_capacity(list.len() + 2);
+        entries.push(DirEnt {
+            name: b".".to_vec(),
+            ino: ino.0,
+            kind: FileType::Directory,
+        });
+        entries.push(DirEnt {
+            name: b"..".to_vec(),
+            ino: ROOT,
+            kind: FileType::Directory,
+        });
+        for (name, kind) in list {
+            let cino = s.inodes.get_or_insert(ino.0, &name);
+            entries.push(DirEnt {
+                name,
+                ino: cino,
+                kind,
+            });
+        }
+        let fh = s.add_handle(Handle::Dir { entries });
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _g = enter(OpKind::Readdir);
+        let h = tri!(reply, self.0.handle(fh));
+        let Handle::Dir { entries } = &*h else {
+            reply.error(Errno::ENOTDIR);
+            return;
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(e.ino),
+                i as u64 + 1,
+                e.kind,
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _g = enter(OpKind::Readdir);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::Dir { entries } = &*h else {
+            reply.error(Errno::ENOTDIR);
+            return;
+        };
+        let dir = tri!(reply, s.path_of(ino));
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let (st, ttl) = if e.name == b"." || e.name == b".." {
+                // The kernel does not instantiate these; any directory attributes will do.
+                let f = tri!(reply, s.locate(dir.as_ref()));
+                (f.st, Duration::ZERO)
+            } else {
+                let Ok(p) = WPath::child_of(dir.as_ref(), &e.name) else {
+                    continue;
+                };
+                match s.locate(Some(&p)) {
+                    Ok(f) => (f.st, s.ttl(f.side)),
+                    Err(_) => continue,
+                }
+            };
+            if reply.add(
+                INodeNo(e.ino),
+                i as u64 + 1,
+                OsStr::from_bytes(&e.name),
+                &ttl,
+                &attr(e.ino, &st),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.release_handle(fh);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _g = enter(OpKind::Statfs);
+        // Free space is the RW branch's: that is where writes go.
+        let v = tri!(reply, self.0.rw.statvfs().map_err(errno));
+        reply.statfs(
+            v.f_blocks,
+            v.f_bfree,
+            v.f_bavail,
+            v.f_files,
+            v.f_ffree,
+            v.f_bsize as u32,
+            v.f_namemax.min(MAX_USER_NAME as u64) as u32,
+            v.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _g = enter(OpKind::Xattr);
+        let s = &self.0;
+        let Some(p) = tri!(reply, s.path_of(ino)) else {
+            reply.error(Errno::EPERM);
+            return;
+        };
+        let f = tri!(reply, s.locate(Some(&p)));
+        if f.side == Side::Ro {
+            tri!(reply, s.copy_up(&p));
+        }
+        let n = tri!(
+            reply,
+            CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+        );
+        tri!(
+            reply,
+            s.rw.with_proc_path(Some(&p), |pp| pset(pp, &n, value, flags))
+                .map_err(errno)
+        );
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _g = enter(OpKind::Xattr);
+        let s = &self.0;
+        let path = tri!(reply, s.path_of(ino));
+        let f = tri!(reply, s.locate(path.as_ref()));
+        let n = tri!(
+            reply,
+            CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+        );
+        let v = match s
+            .branch(f.side)
+            .with_proc_path(path.as_ref(), |pp| pget(pp, &n))
+        {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+                reply.error(Errno::ENODATA);
+                return;
+            }
+            Err(e) => {
+                reply.error(errno(e));
+                return;
+            }
+        };
+        if size == 0 {
+            reply.size(v.len() as u32);
+        } else if v.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&v);
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _g = enter(OpKind::Xattr);
+        let s = &self.0;
+        let path = tri!(reply, s.path_of(ino));
+        let f = tri!(reply, s.locate(path.as_ref()));
+        let v = match s.branch(f.side).with_proc_path(path.as_ref(), plist) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+            Err(e) => {
+                reply.error(errno(e));
+                return;
+            }
+        };
+        if size == 0 {
+            reply.size(v.len() as u32);
+        } else if v.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&v);
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _g = enter(OpKind::Xattr);
+        let s = &self.0;
+        let Some(p) = tri!(reply, s.path_of(ino)) else {
+            reply.error(Errno::EPERM);
+            return;
+        };
+        let f = tri!(reply, s.locate(Some(&p)));
+        if f.side == Side::Ro {
+            tri!(reply, s.copy_up(&p));
+        }
+        let n = tri!(
+            reply,
+            CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+        );
+        tri!(
+            reply,
+            s.rw.with_proc_path(Some(&p), |pp| {
+                // SAFETY: valid strings.
+                if unsafe { libc::removexattr(pp.as_ptr(), n.as_ptr()) } < 0 {
+                    Err(last_err())
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(errno)
+        );
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _g = enter(OpKind::Create);
+        if let Err((e, Some(r))) = self.do_create(req, parent, name, mode, umask, flags, reply) {
+            r.error(e);
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Mounting the union and controlling a live mount.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Weak};
+
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, Session, SessionACL};
+use wcfs_core::handle::TableHandle;
+use wcfs_core::path::WPath;
+
+use crate::branch::Branch;
+use crate::fs::{FsConfig, Shared, UnionFs};
+use crate::inode::ROOT;
+use crate::stats::RwStats;
+
+/// Most pending invalidations; beyond it they are dropped (the kernel's TTLs bound staleness)
+/// and counted.
+pub const INVALIDATION_QUEUE: usize = 65_536;
+
+/// What to mount where.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// The read-only branch directory.
+    pub ro: PathBuf,
+    /// The shared read-write branch directory.
+    pub rw: PathBuf,
+    /// Where to mount the union.
+    pub mountpoint: PathBuf,
+    /// Let every user in (`allow_other`); the kernel still checks modes (`default_permissions`).
+    pub allow_other: bool,
+    /// Cache lifetimes, threads, passthrough.
+    pub fs: FsConfig,
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// `/dev/fuse` is missing or cannot be opened.
+    #[error("FUSE is unavailable ({0}): load the fuse module or give the container /dev/fuse")]
+    FuseUnavailable(String),
+    /// The mountpoint is already a mount (or a dead FUSE mount).
+    #[error("mountpoint {path} is busy: {why}")]
+    Busy {
+        /// The mountpoint.
+        path: PathBuf,
+        /// What is in the way.
+        why: String,
+    },
+    /// A branch or the mountpoint cannot be used.
+    #[error("{what} {path}: {source}")]
+    Path {
+        /// Which directory.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The kernel refused the mount.
+    #[error("mount failed: {0}")]
+    Mount(io::Error),
+}
+
+enum Msg {
+    Path(WPath),
+    Stop,
+}
+
+/// Tells a live mount that a path's resolution changed (a remote table change): the kernel's
+/// cached entry and inode for exactly that path are dropped, so the next access asks the
+/// union again. Cheap, non-blocking, callable from any thread (including table listeners).
+#[derive(Clone)]
+pub struct Invalidator {
+    tx: SyncSender<Msg>,
+}
+
+impl Invalidator {
+    /// Queues the invalidation of `path`. Never blocks; drops it if the queue is full.
+    pub fn path_changed(&self, path: &WPath) {
+        match self.tx.try_send(Msg::Path(path.clone())) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(%path, "invalidation queue full; kernel cache expires by TTL")
+            }
+        }
+    }
+}
+
+fn invalidate_loop(rx: Receiver<Msg>, shared: Weak<Shared>, notifier: Notifier) {
+    while let Ok(Msg::Path(p)) = rx.recv() {
+        let Some(s) = shared.upgrade() else { return };
+        let parent = match p.parent() {
+            None => Some(ROOT),
+            Some(d) => s.inodes.find_path(&d),
+        };
+        // The kernel only caches what it has looked up, and everything it looked up has a node.
+        let Some(parent) = parent else { continue };
+        let name = std::ffi::OsStr::from_bytes_compat(p.file_name());
+        if let Err(e) = notifier.inval_entry(INodeNo(parent), name)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(path = %p, error = %e, "inval_entry");
+        }
+        if let Some(ino) = s.inodes.find(parent, p.file_name())
+            && let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(path = %p, error = %e, "inval_inode");
+        }
+    }
+}
+
+trait OsStrCompat {
+    fn from_bytes_compat(b: &[u8]) -> &Self;
+}
+impl OsStrCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &Self {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(b)
+    }
+}
+
+/// A live mount. Dropping it unmounts (lazily if files are still open).
+pub struct MountGuard {
+    session: Option<BackgroundSession>,
+    shared: Arc<Shared>,
+    inval: Invalidator,
+    mountpoint: PathBuf,
+}
+
+impl MountGuard {
+    /// RW-branch syscall counters.
+    pub fn stats(&self) -> Arc<RwStats> {
+        self.shared.stats.clone()
+    }
+
+    /// The handle to invalidate paths whose resolution changed behind the mount's back.
+    pub fn invalidator(&self) -> Invalidator {
+        self.inval.clone()
+    }
+
+    /// Whether RW files are served by FUSE passthrough (the kernel accepted it).
+    pub fn passthrough(&self) -> bool {
+        self.shared.passthrough_active()
+    }
+
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the FUSE workers to finish. On EBUSY, detaches lazily.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.do_unmount()
+    }
+
+    fn do_unmount(&mut self) -> io::Result<()> {
+        let _ = self.inval.tx.try_send(Msg::Stop);
+        let Some(sess) = self.session.take() else {
+            return Ok(());
+        };
+        match sess.umount_and_join() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "unmount failed; detaching lazily");
+                lazy_unmount(&self.mountpoint)
+            }
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unmount() {
+            tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+        }
+    }
+}
+
+/// `umount2(MNT_DETACH)`: the mount disappears now and is torn down when no longer busy.
+pub fn lazy_unmount(mountpoint: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn preflight(cfg: &MountConfig) -> Result<(), MountError> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Err(MountError::FuseUnavailable(format!("/dev/fuse: {e}")));
+    }
+    let mp = &cfg.mountpoint;
+    let meta = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(MountError::Busy {
+                path: mp.clone(),
+                why: format!(
+                    "a dead FUSE mount is there; run `fusermount3 -uz {}`",
+                    mp.display()
+                ),
+            });
+        }
+        Err(e) => {
+            return Err(MountError::Path {
+                what: "mountpoint",
+                path: mp.clone(),
+                source: e,
+            });
+        }
+    };
+    if !meta.is_dir() {
+        return Err(MountError::Path {
+            what: "mountpoint",
+            path: mp.clone(),
+            source: io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    use std::os::unix::fs::MetadataExt;
+    if let Some(parent) = mp
+        .canonicalize()
+        .ok()
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+        && let Ok(pm) = std::fs::metadata(&parent)
+        && (pm.dev() != meta.dev() || pm.ino() == meta.ino())
+    {
+        return Err(MountError::Busy {
+            path: mp.clone(),
+            why: "something is already mounted there".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Mounts the union of `cfg.ro` and `cfg.rw` at `cfg.mountpoint`, consulting `table`, and
+/// serves it on background threads until the returned guard is dropped.
+pub fn mount(cfg: &MountConfig, table: Arc<dyn TableHandle>) -> Result<MountGuard, MountError> {
+    preflight(cfg)?;
+    let stats = Arc::new(RwStats::default());
+    let ro = Branch::open(&cfg.ro, None).map_err(|e| MountError::Path {
+        what: "RO branch",
+        path: cfg.ro.clone(),
+        source: e,
+    })?;
+    let rw = Branch::open(&cfg.rw, Some(stats.clone())).map_err(|e| MountError::Path {
+        what: "RW branch",
+        path: cfg.rw.clone(),
+        source: e,
+    })?;
+    let shared = Arc::new(Shared::new(ro, rw, table, stats, cfg.fs.clone()));
+    let mut fc = Config::default();
+    fc.mount_options = vec![
+        MountOption::FSName("wcfs".into()),
+        MountOption::Subtype("wcfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if cfg.allow_other {
+        fc.acl = SessionACL::All;
+    }
+    fc.n_threads = Some(cfg.fs.threads.max(1));
+    fc.clone_fd = true;
+    let session = Session::new(UnionFs(shared.clone()), &cfg.mountpoint, &fc).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            MountError::Busy {
+                path: cfg.mountpoint.clone(),
+                why: e.to_string(),
+            }
+        } else {
+            MountError::Mount(e)
+        }
+    })?;
+    let notifier = session.notifier();
+    let bg = session.spawn().map_err(MountError::Mount)?;
+    let (tx, rx) = sync_channel(INVALIDATION_QUEUE);
+    let weak = Arc::downgrade(&shared);
+    std::thread::Builder::new()
+        .name("wcfs-inval".into())
+        .spawn(move || invalidate_loop(rx, weak, notifier))
+        .map_err(MountError::Mount)?;
+    Ok(MountGuard {
+        session: Some(bg),
+        shared,
+        inval: Invalidator { tx },
+        mountpoint: cfg.mountpoint.clone(),
+    })
+}

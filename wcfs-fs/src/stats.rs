@@ -1,0 +1,126 @@
+//! Debug counters of syscalls made on the RW branch, per FUSE operation type.
+//!
+//! The RW branch is NFS in production: every syscall there is a network round trip, so the
+//! promise "RO content costs zero RW syscalls" is checked by tests through these counters.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The FUSE operation a worker thread is serving; RW syscalls are charged to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum OpKind {
+    /// `lookup`.
+    Lookup,
+    /// `getattr`.
+    Getattr,
+    /// `setattr`.
+    Setattr,
+    /// `readlink`.
+    Readlink,
+    /// `mknod`, `mkdir`, `symlink`, `link`, `create`.
+    Create,
+    /// `unlink`, `rmdir`.
+    Remove,
+    /// `rename`.
+    Rename,
+    /// `open`.
+    Open,
+    /// `read`.
+    Read,
+    /// `write`.
+    Write,
+    /// `flush`, `fsync`, `release`.
+    Sync,
+    /// `opendir`, `readdir`, `readdirplus`, `releasedir`.
+    Readdir,
+    /// `statfs`.
+    Statfs,
+    /// The xattr calls.
+    Xattr,
+    /// Anything else (invalidation, internal work).
+    Other,
+}
+
+const KINDS: usize = OpKind::Other as usize + 1;
+
+impl OpKind {
+    /// Every kind, in counter order.
+    pub const ALL: [OpKind; KINDS] = [
+        OpKind::Lookup,
+        OpKind::Getattr,
+        OpKind::Setattr,
+        OpKind::Readlink,
+        OpKind::Create,
+        OpKind::Remove,
+        OpKind::Rename,
+        OpKind::Open,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Sync,
+        OpKind::Readdir,
+        OpKind::Statfs,
+        OpKind::Xattr,
+        OpKind::Other,
+    ];
+}
+
+thread_local! {
+    static CURRENT: Cell<OpKind> = const { Cell::new(OpKind::Other) };
+}
+
+/// Marks the calling thread as serving `op` until the guard drops. FUSE workers serve one
+/// request at a time, so a thread-local is exact.
+pub(crate) fn enter(op: OpKind) -> OpGuard {
+    let prev = CURRENT.with(|c| c.replace(op));
+    OpGuard(prev)
+}
+
+/// Restores the previous operation kind on drop.
+pub(crate) struct OpGuard(OpKind);
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
+/// Syscalls made on the RW branch, per operation kind. Cheap relaxed atomics.
+#[derive(Debug, Default)]
+pub struct RwStats {
+    counts: [AtomicU64; KINDS],
+}
+
+impl RwStats {
+    /// Charges one RW syscall to the calling thread's current operation.
+    pub(crate) fn count(&self) {
+        let op = CURRENT.with(|c| c.get());
+        self.counts[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// RW syscalls charged to `op` since the mount (or the last [`RwStats::reset`]).
+    pub fn get(&self, op: OpKind) -> u64 {
+        self.counts[op as usize].load(Ordering::Relaxed)
+    }
+
+    /// RW syscalls of every kind.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Zeroes every counter.
+    pub fn reset(&self) {
+        for c in &self.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// `(kind, count)` for every non-zero counter, for test failure messages.
+    pub fn snapshot(&self) -> Vec<(OpKind, u64)> {
+        OpKind::ALL
+            .iter()
+            .map(|&k| (k, self.get(k)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
