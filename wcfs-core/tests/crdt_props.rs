@@ -13,11 +13,12 @@
 //! Every table is compared with the oracle after every step that changed it, not only at
 //! the end, so a divergence is reported at the step that caused it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError};
+use wcfs_core::codec::Writer;
 use wcfs_core::{
     Digest, Dot, Kind, MergeOutcome, Op, Record, ReplicaId, Resolution, Shipped, Table,
     VersionVector, WPath,
@@ -31,11 +32,24 @@ const QUERY_ONLY: [&str; 5] = ["a/b/c/x", "a/x", "a/d/e", "b/c/y", "z"];
 const DIRS: [Option<&str>; 4] = [None, Some("a"), Some("a/b"), Some("b")];
 /// Replica ids, deliberately not in index order.
 const IDS: [u64; 5] = [5, 2, 9, 1, 7];
+/// Universe indices mutations pick from: a few paths are hot, so concurrent mutations of
+/// one path (the interesting case) are common, and every path is still reached.
+const HOT: [u8; 12] = [0, 0, 1, 1, 2, 3, 4, 5, 6, 6, 6, 6];
+/// The partition test concentrates on `c` (and `a`, `a/b` for ancestors): the resurrection
+/// it looks for needs several replicas to act on the same path.
+const PARTITION_HOT: [u8; 5] = [0, 1, 6, 6, 6];
 const OPS: [Op; 4] = [Op::MarkRw, Op::MarkOpaque, Op::Whiteout, Op::Forget];
 /// The replica id of tables built only by merging (never proposing) in the law tests.
 const OBSERVER: ReplicaId = ReplicaId(100);
 /// Generous bound on anti-entropy chunks for one pair; hitting it means no progress.
 const MAX_CHUNKS: usize = 10_000;
+
+/// A fixed bijective mixer (splitmix64's finalizer), for orders derived from one seed.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
 
 fn wp(s: &str) -> WPath {
     WPath::new(s.as_bytes()).expect("test paths are valid")
@@ -257,7 +271,13 @@ struct World {
     /// Every record ever produced, in order: re-delivered late (also after GC) and used as
     /// the pool for the merge-law tests.
     sent: Vec<Msg>,
-    /// Whether any table has collected garbage (old records may then hit a GC'd path).
+    /// Keys of `sent`, so the pool holds each distinct record (and knowledge) once.
+    sent_keys: HashSet<(Vec<u8>, Vec<Dot>, Vec<Dot>)>,
+    /// Replicas whose outgoing records are lost (an overloaded or one-way cut-off node):
+    /// what they send only comes back later as old records.
+    muted: Vec<bool>,
+    /// Whether any table has collected garbage: replicas that did with different floors may
+    /// differ in the dead context entries they keep (not in what is live).
     gc_ran: bool,
 }
 
@@ -271,6 +291,8 @@ impl World {
             oracle: Oracle::default(),
             pending: Vec::new(),
             sent: Vec::new(),
+            sent_keys: HashSet::new(),
+            muted: vec![false; n],
             gc_ran: false,
         }
     }
@@ -325,23 +347,44 @@ impl World {
             know: self.oracle.about(&self.know[r], path),
         };
         self.pending.push(msg.clone());
-        self.sent.push(msg);
+        self.remember(msg);
         self.check(r)
     }
 
+    /// Adds `msg` to the pool of old records unless an equal one is there.
+    fn remember(&mut self, msg: Msg) {
+        let mut w = Writer::default();
+        msg.item.record().encode(&mut w);
+        let also = match &msg.item {
+            Item::Rec(_) => Vec::new(),
+            Item::Ship(s) => s.also.clone(),
+        };
+        let key = (w.into_bytes(), also, msg.know.iter().copied().collect());
+        if self.sent_keys.insert(key) {
+            self.sent.push(msg);
+        }
+    }
+
     fn deliver(&mut self, msg: &Msg, to: usize) -> Result<MergeOutcome, TestCaseError> {
+        let out = self.merge_msg(msg, to)?;
+        self.check(to)?;
+        Ok(out)
+    }
+
+    /// Merges `msg` into replica `to` and the oracle, without comparing them.
+    fn merge_msg(&mut self, msg: &Msg, to: usize) -> Result<MergeOutcome, TestCaseError> {
         let out = match &msg.item {
             Item::Rec(r) => self.tables[to].merge(r),
             Item::Ship(s) => self.tables[to].merge_shipped(s),
         }
         .map_err(|e| TestCaseError::fail(format!("merge: {e}")))?;
         self.know[to].extend(msg.know.iter().copied());
-        self.check(to)?;
         Ok(out)
     }
 
     /// Anti-entropy `a -> b`: one chunk of at most about `budget` bytes, or chunks until
-    /// `complete` if `to_end`.
+    /// `complete` if `to_end`. A muted `a` sends one chunk, which is lost (but kept as old
+    /// records).
     fn sync(
         &mut self,
         a: usize,
@@ -365,10 +408,13 @@ impl World {
                     know: self.oracle.about(&self.know[a], path),
                     item: Item::Ship(s),
                 };
-                self.deliver(&msg, b)?;
-                self.sent.push(msg);
+                if !self.muted[a] {
+                    self.deliver(&msg, b)?;
+                }
+                self.remember(msg);
             }
-            if chunk.complete || !to_end {
+            // A muted sender's chunks are lost: one is enough to capture its state.
+            if chunk.complete || !to_end || self.muted[a] {
                 return Ok(());
             }
         }
@@ -377,8 +423,10 @@ impl World {
         )))
     }
 
-    /// Anti-entropy between every ordered pair until every digest is equal.
+    /// Anti-entropy between every ordered pair until every digest is equal (muted replicas
+    /// are heard again).
     fn full_sync(&mut self, budget: usize) -> Result<(), TestCaseError> {
+        self.muted.fill(false);
         for _round in 0..4 {
             let d0 = self.tables[0].digest();
             if self.tables.iter().all(|t| t.digest() == d0) {
@@ -451,7 +499,19 @@ impl World {
                         self.pending.swap_remove(k)
                     };
                     let to = self.other(m.from, to);
-                    self.deliver(&m, to)?;
+                    if !self.muted[m.from] {
+                        self.deliver(&m, to)?;
+                    }
+                }
+            }
+            Step::Broadcast { msg } => {
+                if !self.pending.is_empty() {
+                    let m = self.pending.swap_remove(msg.index(self.pending.len()));
+                    if !self.muted[m.from] {
+                        for to in (0..n).filter(|to| *to != m.from) {
+                            self.deliver(&m, to)?;
+                        }
+                    }
                 }
             }
             Step::Drop { msg } => {
@@ -465,18 +525,45 @@ impl World {
                 let b = self.other(a, to);
                 self.sync(a, b, budget as usize, false)?
             }
+            Step::SyncFrom { sources, budget } => {
+                for a in (0..n).filter(|a| sources & (1 << a) != 0) {
+                    for b in (0..n).filter(|b| *b != a) {
+                        self.sync(a, b, budget as usize, true)?;
+                    }
+                }
+            }
             Step::Snapshot { r } => {
                 let r = r as usize % n;
                 for rec in self.tables[r].records().collect::<Vec<_>>() {
                     let path = path_index(&rec.path);
-                    self.sent.push(Msg {
+                    let know = self.oracle.about(&self.know[r], path);
+                    self.remember(Msg {
                         from: r,
-                        know: self.oracle.about(&self.know[r], path),
+                        know,
                         item: Item::Rec(rec),
                     });
                 }
             }
             Step::Gc { mask } => self.gc(mask)?,
+            Step::Mute { r } => {
+                let r = r as usize % n;
+                self.muted[r] = !self.muted[r];
+            }
+            Step::RedeliverAll { to, order } => {
+                let to = to as usize % n;
+                // In a random order: in production order a replica's own records would
+                // always come first and make its later ones old news.
+                let mut keyed: Vec<(u64, Msg)> = self
+                    .sent
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (mix(order ^ i as u64), m.clone()))
+                    .collect();
+                keyed.sort_by_key(|(k, _)| *k);
+                for (_, m) in keyed {
+                    self.deliver(&m, to)?;
+                }
+            }
             Step::Redeliver { msg, to } => {
                 if !self.sent.is_empty() {
                     let m = self.sent[msg.index(self.sent.len())].clone();
@@ -531,34 +618,52 @@ enum Step {
     Propose { r: u8, path: u8, op: u8 },
     /// Deliver a pending record to another replica; `keep` leaves it pending (a duplicate).
     Deliver { msg: Index, to: u8, keep: bool },
+    /// Deliver a pending record to every other replica (an eager push).
+    Broadcast { msg: Index },
     /// Lose a pending record.
     Drop { msg: Index },
     /// One anti-entropy chunk of at most `budget` bytes from one replica to another.
     Sync { from: u8, to: u8, budget: u16 },
+    /// Full anti-entropy from each replica in `sources` to every other: the others learn
+    /// everything except what only the left-out replicas know, so GC floors rise while
+    /// some dots are still unknown to some replicas.
+    SyncFrom { sources: u8, budget: u16 },
     /// Capture a replica's whole state as records (pool for the law tests).
     Snapshot { r: u8 },
     /// GC on the replicas in `mask`, with the meet of every member's version vector.
     Gc { mask: u8 },
     /// Deliver any record ever produced again (possibly from before a GC).
     Redeliver { msg: Index, to: u8 },
+    /// Deliver every distinct record ever produced again to one replica.
+    RedeliverAll { to: u8, order: u64 },
+    /// Toggle whether a replica's outgoing records are lost (pushes and anti-entropy).
+    Mute { r: u8 },
 }
 
-fn step(with_gc: bool) -> BoxedStrategy<Step> {
+/// One step of a history; `Propose` picks its path from `hot` (universe indices).
+fn step(with_gc: bool, hot: &'static [u8]) -> BoxedStrategy<Step> {
     let base = prop_oneof![
-        6 => (any::<u8>(), 0..UNIVERSE.len() as u8, 0..OPS.len() as u8)
-            .prop_map(|(r, path, op)| Step::Propose { r, path, op }),
-        6 => (any::<Index>(), any::<u8>(), prop::bool::weighted(0.2))
+        6 => (any::<u8>(), 0..hot.len(), 0..OPS.len() as u8)
+            .prop_map(move |(r, path, op)| Step::Propose { r, path: hot[path], op }),
+        4 => (any::<Index>(), any::<u8>(), prop::bool::weighted(0.2))
             .prop_map(|(msg, to, keep)| Step::Deliver { msg, to, keep }),
+        2 => any::<Index>().prop_map(|msg| Step::Broadcast { msg }),
         1 => any::<Index>().prop_map(|msg| Step::Drop { msg }),
         1 => (any::<u8>(), any::<u8>(), 1..300u16)
             .prop_map(|(from, to, budget)| Step::Sync { from, to, budget }),
+        1 => (any::<u8>(), 24..300u16)
+            .prop_map(|(sources, budget)| Step::SyncFrom { sources, budget }),
         1 => any::<u8>().prop_map(|r| Step::Snapshot { r }),
     ];
     if with_gc {
         prop_oneof![
-            15 => base,
-            2 => any::<u8>().prop_map(|mask| Step::Gc { mask }),
-            3 => (any::<Index>(), any::<u8>()).prop_map(|(msg, to)| Step::Redeliver { msg, to }),
+            16 => base,
+            3 => any::<u8>().prop_map(|mask| Step::Gc { mask }),
+            2 => (any::<u8>(), 24..300u16)
+                .prop_map(|(sources, budget)| Step::SyncFrom { sources, budget }),
+            4 => (any::<Index>(), any::<u8>()).prop_map(|(msg, to)| Step::Redeliver { msg, to }),
+            1 => (any::<u8>(), any::<u64>()).prop_map(|(to, order)| Step::RedeliverAll { to, order }),
+            1 => any::<u8>().prop_map(|r| Step::Mute { r }),
         ]
         .boxed()
     } else {
@@ -566,11 +671,101 @@ fn step(with_gc: bool) -> BoxedStrategy<Step> {
     }
 }
 
+/// 2 to 5 replicas, most often 3: enough for a replica to be left out of what the others
+/// share, few enough that the GC floor (what all have seen) often rises.
 fn history(with_gc: bool, max_steps: usize) -> impl Strategy<Value = (usize, Vec<Step>)> {
+    let n = prop_oneof![2 => Just(3usize), 1 => 2..=5usize];
+    (n, prop::collection::vec(step(with_gc, &HOT), 0..max_steps))
+}
+
+/// A one-way partition (see `gc_across_a_partition_never_resurrects`): mute a non-empty
+/// proper subset, run random steps, let the heard replicas share everything, GC everywhere,
+/// deliver every old record to every replica, then go on with random steps.
+fn partition_history() -> impl Strategy<Value = (usize, Vec<Step>)> {
     (
-        2..=5usize,
-        prop::collection::vec(step(with_gc), 0..max_steps),
+        3..=4usize,
+        (any::<u8>(), any::<u64>()),
+        prop::collection::vec(step(false, &PARTITION_HOT), 0..45),
+        prop::collection::vec(step(true, &PARTITION_HOT), 0..15),
     )
+        .prop_map(|(n, (mask, order), during, after)| {
+            // Replica 0 is always left out and replica n-1 always heard; the mask picks the
+            // others, so both sides are non-empty.
+            let left_out = (mask as usize | 1) & ((1 << (n - 1)) - 1);
+            let mut steps: Vec<Step> = (0..n)
+                .filter(|r| left_out & (1 << r) != 0)
+                .map(|r| Step::Mute { r: r as u8 })
+                .collect();
+            steps.extend(during);
+            steps.push(Step::SyncFrom {
+                sources: !(left_out as u8),
+                budget: 200,
+            });
+            steps.push(Step::Gc { mask: 0xff });
+            steps.extend((0..n).map(|to| Step::RedeliverAll {
+                to: to as u8,
+                order: order ^ to as u64,
+            }));
+            steps.extend(after);
+            (n, steps)
+        })
+}
+
+/// Ends a history with GC: full sync, every table equal to the oracle; GC with the common
+/// floor leaves no tombstone, no indexed dot, no cloud, and a floor that a fresh replica is
+/// below; every record ever produced, delivered again to everyone, changes nothing.
+fn finish_with_gc(mut w: World, budget: usize) -> Result<(), TestCaseError> {
+    w.full_sync(budget)?;
+    w.check_converged(!w.gc_ran)?;
+    // Every floor is now the same (the meet of equal vectors), so states are equal again.
+    w.gc(0xff)?;
+    let all: Knowledge = w.oracle.ops.keys().copied().collect();
+    let live = w.oracle.live(&all);
+    let live_paths = live.iter().filter(|l| !l.is_empty()).count();
+    for (i, t) in w.tables.iter().enumerate() {
+        let s = t.stats();
+        prop_assert_eq!(s.tombstones, 0, "replica {} tombstones after full GC", i);
+        prop_assert_eq!(
+            s.indexed_dots,
+            0,
+            "replica {} indexed dots after full GC",
+            i
+        );
+        prop_assert_eq!(s.cloud_dots, 0, "replica {} cloud after full GC", i);
+        prop_assert_eq!(s.live_paths, live_paths, "replica {} live paths", i);
+    }
+    if !w.oracle.ops.is_empty() {
+        let fresh: Digest = Table::new(ReplicaId(1000), 1).digest();
+        for (i, t) in w.tables.iter().enumerate() {
+            prop_assert!(
+                t.needs_reset(&fresh),
+                "replica {}: fresh digest below floor",
+                i
+            );
+        }
+    }
+    w.check_converged(true)?;
+    let before: Vec<Vec<Record>> = w.tables.iter().map(sorted_records).collect();
+    for m in w.sent.clone() {
+        for to in 0..w.n() {
+            let out = w.deliver(&m, to)?;
+            prop_assert!(
+                !out.changed,
+                "an old record changed replica {}: {:?}",
+                to,
+                m.item
+            );
+        }
+    }
+    for (i, t) in w.tables.iter().enumerate() {
+        prop_assert_eq!(
+            &sorted_records(t),
+            &before[i],
+            "replica {} after old records",
+            i
+        );
+    }
+    w.check_converged(true)
 }
 
 fn play(n: usize, steps: &[Step]) -> Result<World, TestCaseError> {
@@ -631,8 +826,9 @@ fn assert_same(a: &Table, b: &Table, same_records: bool, what: &str) -> Result<(
 // ---------------------------------------------------------------------------------------
 // The properties.
 
+// Case counts keep the whole file under ~20 s in a debug build on 2 busy cores.
 proptest! {
-    #![proptest_config(config(160))]
+    #![proptest_config(config(400))]
 
     /// Random histories with reordering, duplicates and drops, then anti-entropy: every
     /// replica converges to the same table, which is the oracle's.
@@ -642,6 +838,10 @@ proptest! {
         w.full_sync(budget)?;
         w.check_converged(true)?;
     }
+}
+
+proptest! {
+    #![proptest_config(config(300))]
 
     /// The same with GC interleaved (floor = meet of every member's version vector) and old
     /// records, captured before the GC, delivered again: no removed path comes back, and a
@@ -649,41 +849,27 @@ proptest! {
     /// below.
     #[test]
     fn gc_never_resurrects((n, steps) in history(true, 70), budget in 24..400usize) {
-        let mut w = play(n, &steps)?;
-        w.full_sync(budget)?;
-        w.check_converged(!w.gc_ran)?;
-        // Every floor is now the same (the meet of equal vectors), so states are equal again.
-        w.gc(0xff)?;
-        let all: Knowledge = w.oracle.ops.keys().copied().collect();
-        let live = w.oracle.live(&all);
-        let live_paths = live.iter().filter(|l| !l.is_empty()).count();
-        for (i, t) in w.tables.iter().enumerate() {
-            let s = t.stats();
-            prop_assert_eq!(s.tombstones, 0, "replica {} tombstones after full GC", i);
-            prop_assert_eq!(s.indexed_dots, 0, "replica {} indexed dots after full GC", i);
-            prop_assert_eq!(s.cloud_dots, 0, "replica {} cloud after full GC", i);
-            prop_assert_eq!(s.live_paths, live_paths, "replica {} live paths", i);
-        }
-        if !w.oracle.ops.is_empty() {
-            let fresh: Digest = Table::new(ReplicaId(1000), 1).digest();
-            for (i, t) in w.tables.iter().enumerate() {
-                prop_assert!(t.needs_reset(&fresh), "replica {}: fresh digest below floor", i);
-            }
-        }
-        w.check_converged(true)?;
-        // Every record ever produced, delivered again to everyone: nothing changes.
-        let before: Vec<Vec<Record>> = w.tables.iter().map(sorted_records).collect();
-        for m in w.sent.clone() {
-            for to in 0..w.n() {
-                let out = w.deliver(&m, to)?;
-                prop_assert!(!out.changed, "an old record changed replica {}: {:?}", to, m.item);
-            }
-        }
-        for (i, t) in w.tables.iter().enumerate() {
-            prop_assert_eq!(&sorted_records(t), &before[i], "replica {} after old records", i);
-        }
-        w.check_converged(true)?;
+        let w = play(n, &steps)?;
+        finish_with_gc(w, budget)?;
     }
+
+    /// GC across a one-way partition: the replicas in `left_out` hear the others but are not
+    /// heard; the others share everything and collect garbage while some of their removals
+    /// are still unknown next to the left-out replicas' own dots. Then every record the
+    /// left-out replicas ever sent arrives late, at everyone: none may bring back a removal
+    /// whose tombstone is gone.
+    #[test]
+    fn gc_across_a_partition_never_resurrects(
+        (n, steps) in partition_history(),
+        budget in 24..400usize,
+    ) {
+        let w = play(n, &steps)?;
+        finish_with_gc(w, budget)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(300))]
 
     /// Merging a set of records gives the same table whatever the order (commutative),
     /// however they are grouped into batches (associative), and merging again changes
@@ -835,4 +1021,48 @@ fn concurrent_add_survives_a_forget() {
         assert_eq!(t.resolve(&wp("b")), Resolution::Hidden);
         assert_eq!(t.resolve(&wp("b/c")), Resolution::Hidden);
     }
+}
+
+/// A late record from before a GC names a dot whose removal was collected, next to a dot
+/// the receiver has never seen: the collected dot must stay removed.
+#[test]
+fn late_record_does_not_resurrect_a_collected_removal() {
+    let c = path_index(&wp("c"));
+    let mut w = World::new(3);
+    w.propose(2, c, Op::MarkRw).unwrap(); // replica 2 marks c (dot C)
+    w.propose(0, c, Op::MarkRw).unwrap(); // replica 0 marks c concurrently (dot A)
+    let a_mark = w.pending.pop().unwrap();
+    w.pending.clear(); // C's own record is lost: replica 0 never learns C
+    w.deliver(&a_mark, 1).unwrap();
+    w.deliver(&a_mark, 2).unwrap();
+    // Replica 2 now holds {A live, C live}: capture that state as an old record.
+    w.run(&Step::Snapshot { r: 2 }).unwrap();
+    let old = w.sent.last().unwrap().clone();
+    w.propose(1, c, Op::Forget).unwrap(); // replica 1 forgets c, removing A (not C)
+    let forget = w.pending.pop().unwrap();
+    w.deliver(&forget, 0).unwrap();
+    w.deliver(&forget, 2).unwrap();
+    // Everyone has seen A and the forget; only replica 2 has seen C. GC on replica 0
+    // collects c's tombstone.
+    w.gc(0b001).unwrap();
+    assert_eq!(
+        w.tables[0].get(&wp("c")),
+        None,
+        "the tombstone is collected"
+    );
+    // The old record arrives: C is new to replica 0, A must not come back with it.
+    w.deliver(&old, 0).unwrap();
+    let live: Vec<_> = w.tables[0].get(&wp("c")).unwrap().live().collect();
+    assert_eq!(
+        live,
+        vec![(
+            Dot {
+                replica: ReplicaId(IDS[2]),
+                seq: 1
+            },
+            Kind::Rw
+        )]
+    );
+    w.full_sync(64).unwrap();
+    w.check_converged(false).unwrap();
 }
