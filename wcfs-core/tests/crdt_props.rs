@@ -372,12 +372,32 @@ impl World {
     }
 
     /// Merges `msg` into replica `to` and the oracle, without comparing them.
+    /// Also checks `MergeOutcome::changed`, which tells the filesystem to invalidate its
+    /// cache: it must be true exactly when the path's winning live kind changed.
     fn merge_msg(&mut self, msg: &Msg, to: usize) -> Result<MergeOutcome, TestCaseError> {
+        let path = &msg.item.record().path;
+        let winner_of = |t: &Table| {
+            let live: BTreeSet<(Dot, Kind)> =
+                t.get(path).map(|r| r.live().collect()).unwrap_or_default();
+            winner(&live)
+        };
+        let before = winner_of(&self.tables[to]);
         let out = match &msg.item {
             Item::Rec(r) => self.tables[to].merge(r),
             Item::Ship(s) => self.tables[to].merge_shipped(s),
         }
         .map_err(|e| TestCaseError::fail(format!("merge: {e}")))?;
+        let after = winner_of(&self.tables[to]);
+        prop_assert_eq!(
+            out.changed,
+            before != after,
+            "replica {}: merge of {:?} said changed={} but the winner went {:?} -> {:?}",
+            to,
+            path,
+            out.changed,
+            before,
+            after
+        );
         self.know[to].extend(msg.know.iter().copied());
         Ok(out)
     }
