@@ -3,12 +3,15 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wcfs_core::dot::ReplicaId;
 use wcfs_core::handle::LocalHandle;
 use wcfs_core::table::Table;
+use wcfs_gossip::store::{Store, StoreOptions};
 
 /// WCFS: a union filesystem for load-balanced web clusters.
 #[derive(Parser, Debug)]
@@ -28,8 +31,9 @@ enum Cmd {
         /// The shared read-write branch.
         #[arg(long)]
         rw: PathBuf,
-        /// The node's data directory (journal, snapshots). Accepted but not used yet: this
-        /// single-node mount keeps its table in memory.
+        /// The node's data directory (identity, journal, snapshots). Every table change is
+        /// durable there before the filesystem call returns, and a restart recovers it.
+        /// Without it the table lives in memory only and is lost when the mount ends.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Where to mount.
@@ -85,13 +89,32 @@ fn main() -> anyhow::Result<()> {
             data,
             mountpoint,
         } => {
-            if let Some(d) = data {
-                tracing::warn!(data = %d.display(), "--data is not used yet: the table is in memory only");
-            }
             let set = block_signals()?;
-            let replica = ReplicaId(random_u64()?);
-            let seed = random_u64()?;
-            let handle = LocalHandle::new(Table::new(replica, seed));
+            let (handle, store) = match &data {
+                Some(dir) => {
+                    let fresh = (random_u64()?, random_u64()?);
+                    let opened = Store::open(dir, StoreOptions::default(), || fresh);
+                    let (store, table, rec) = opened
+                        .with_context(|| format!("opening data directory {}", dir.display()))?;
+                    tracing::info!(
+                        replica = %rec.identity.replica,
+                        generation = rec.identity.generation,
+                        snapshot_paths = rec.snapshot_paths,
+                        journal_records = rec.journal_records,
+                        "table recovered"
+                    );
+                    let store = Arc::new(store);
+                    (LocalHandle::with_persist(table, store.clone()), Some(store))
+                }
+                None => {
+                    tracing::warn!(
+                        "no --data directory: the table is in memory only and is lost when this mount ends"
+                    );
+                    let table = Table::new(ReplicaId(random_u64()?), random_u64()?);
+                    (LocalHandle::new(table), None)
+                }
+            };
+            let replica = handle.with_table(|t| t.replica());
             let cfg = wcfs_fs::MountConfig {
                 ro,
                 rw,
@@ -104,9 +127,32 @@ fn main() -> anyhow::Result<()> {
             let inv = guard.invalidator();
             handle.on_change(move |p| inv.path_changed(p));
             tracing::info!(%replica, mountpoint = %mountpoint.display(), passthrough = guard.passthrough(), "mounted");
+            let stop = Arc::new(AtomicBool::new(false));
+            let upkeep = store.clone().map(|store| {
+                let (handle, stop) = (handle.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Err(e) = store.maintain(&handle) {
+                            tracing::error!(error = %e, "data directory upkeep failed");
+                        }
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                })
+            });
             let sig = wait_for_signal(&set);
             tracing::info!(sig, "unmounting");
             guard.unmount().context("unmounting")?;
+            stop.store(true, Ordering::Relaxed);
+            if let Some(t) = upkeep {
+                t.thread().unpark();
+                let _ = t.join();
+            }
+            if let Some(store) = store {
+                // A snapshot at a clean stop makes the next start read one file, not a journal.
+                store
+                    .snapshot(&handle)
+                    .context("writing the final snapshot")?;
+            }
             Ok(())
         }
     }

@@ -82,3 +82,95 @@ fn mount_serves_the_union_and_unmounts_on_sigterm() {
     assert!(!is_mounted(&mnt));
     assert!(!mnt.join("index.html").exists());
 }
+
+fn start(ro: &Path, rw: &Path, data: &Path, mnt: &Path) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_wcfs"))
+        .args(["mount", "--ro"])
+        .arg(ro)
+        .arg("--rw")
+        .arg(rw)
+        .arg("--data")
+        .arg(data)
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child, mnt.to_owned());
+    assert!(
+        wait(Duration::from_secs(10), || is_mounted(mnt)),
+        "not mounted"
+    );
+    p
+}
+
+#[test]
+fn a_killed_mount_restarts_with_every_change_it_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ro, rw, data, mnt) = (
+        tmp.path().join("ro"),
+        tmp.path().join("rw"),
+        tmp.path().join("data"),
+        tmp.path().join("mnt"),
+    );
+    for d in [&ro, &rw, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(ro.join("index.php"), b"<?php").unwrap();
+    std::fs::write(ro.join("install.php"), b"<?php").unwrap();
+    let mut p = start(&ro, &rw, &data, &mnt);
+    for i in 0..50 {
+        std::fs::write(mnt.join(format!("upload-{i}.jpg")), b"jpg").unwrap();
+    }
+    std::fs::remove_file(mnt.join("install.php")).unwrap();
+    // No clean shutdown: the process dies as in a crash or an OOM kill.
+    p.0.kill().unwrap();
+    p.0.wait().unwrap();
+    drop(p);
+    assert!(
+        wait(Duration::from_secs(5), || !is_mounted(&mnt)),
+        "dead mount still attached"
+    );
+
+    let _p = start(&ro, &rw, &data, &mnt);
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read(mnt.join(format!("upload-{i}.jpg"))).unwrap(),
+            b"jpg",
+            "upload-{i} lost"
+        );
+    }
+    assert!(
+        !mnt.join("install.php").exists(),
+        "deleted RO file came back"
+    );
+    assert_eq!(std::fs::read(mnt.join("index.php")).unwrap(), b"<?php");
+}
+
+#[test]
+fn a_clean_stop_leaves_a_snapshot_and_the_next_start_uses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ro, rw, data, mnt) = (
+        tmp.path().join("ro"),
+        tmp.path().join("rw"),
+        tmp.path().join("data"),
+        tmp.path().join("mnt"),
+    );
+    for d in [&ro, &rw, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let mut p = start(&ro, &rw, &data, &mnt);
+    std::fs::create_dir(mnt.join("cache")).unwrap();
+    std::fs::write(mnt.join("cache/page.html"), b"<html>").unwrap();
+    unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+    assert!(p.0.wait().unwrap().success());
+    drop(p);
+    assert!(
+        data.join("table.snap").exists(),
+        "no snapshot after a clean stop"
+    );
+    let _p = start(&ro, &rw, &data, &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("cache/page.html")).unwrap(),
+        b"<html>"
+    );
+}

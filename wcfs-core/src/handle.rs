@@ -34,6 +34,21 @@ pub trait TableHandle: Send + Sync + 'static {
     fn propose(&self, path: &WPath, op: Op) -> Result<(), ProposeError>;
 }
 
+/// Makes a handle's mutations durable. The runtime's store implements it around the journal;
+/// without one, a [`LocalHandle`] is in memory only.
+pub trait Persist: Send + Sync + 'static {
+    /// Called with the table write-locked, before a local mutation that will use sequence
+    /// number `next_seq`: make sure the counter is durably reserved past it, so the number is
+    /// never reused after a crash.
+    fn reserve(&self, next_seq: u64) -> Result<(), ProposeError>;
+    /// Called after a local mutation was applied, without the table lock held (concurrent
+    /// callers can share one fsync): make `rec` durable per the node's policy.
+    fn log_local(&self, rec: &Record) -> Result<(), ProposeError>;
+    /// Called after a remote record added something new to the table: log it so a restart
+    /// does not have to fetch it again (durability is not required).
+    fn log_remote(&self, rec: &Record) -> Result<(), ProposeError>;
+}
+
 type Listener = Box<dyn Fn(&Record) + Send + Sync>;
 type ChangeListener = Box<dyn Fn(&WPath) + Send + Sync>;
 
@@ -41,6 +56,7 @@ type ChangeListener = Box<dyn Fn(&WPath) + Send + Sync>;
 /// (to ship them) and for changes (to invalidate caches).
 pub struct LocalHandle {
     table: RwLock<Table>,
+    persist: Option<Arc<dyn Persist>>,
     on_propose: RwLock<Vec<Listener>>,
     on_change: RwLock<Vec<ChangeListener>>,
 }
@@ -48,11 +64,28 @@ pub struct LocalHandle {
 impl LocalHandle {
     /// Wraps a table.
     pub fn new(table: Table) -> Arc<LocalHandle> {
+        Self::build(table, None)
+    }
+
+    /// Wraps a table whose mutations `persist` makes durable: a local mutation is applied,
+    /// then logged per the node's policy before `propose` returns.
+    pub fn with_persist(table: Table, persist: Arc<dyn Persist>) -> Arc<LocalHandle> {
+        Self::build(table, Some(persist))
+    }
+
+    fn build(table: Table, persist: Option<Arc<dyn Persist>>) -> Arc<LocalHandle> {
         Arc::new(LocalHandle {
             table: RwLock::new(table),
+            persist,
             on_propose: RwLock::default(),
             on_change: RwLock::default(),
         })
+    }
+
+    /// Runs `f` with the table write-locked (recovery tools; snapshots that need a state
+    /// nothing changes under).
+    pub fn with_table_mut<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
+        f(&mut self.table.write().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Runs `f` with the table read-locked.
@@ -77,12 +110,17 @@ impl LocalHandle {
     }
 
     /// Merges a record that came from elsewhere and reports the path if its resolution changed.
-    pub fn apply_remote(&self, rec: &Record) -> Result<bool, TableError> {
+    pub fn apply_remote(&self, rec: &Record) -> Result<bool, ProposeError> {
         let out = self
             .table
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .merge(rec)?;
+        if out.new_dots > 0
+            && let Some(p) = &self.persist
+        {
+            p.log_remote(rec)?;
+        }
         if out.changed {
             for f in self
                 .on_change
@@ -128,11 +166,16 @@ impl TableHandle for LocalHandle {
             .children(dir)
     }
     fn propose(&self, path: &WPath, op: Op) -> Result<(), ProposeError> {
-        let rec = self
-            .table
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .propose(path, op)?;
+        let rec = {
+            let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = &self.persist {
+                p.reserve(t.counter() + 1)?;
+            }
+            t.propose(path, op)?
+        };
+        if let Some(p) = &self.persist {
+            p.log_local(&rec)?;
+        }
         for f in self
             .on_propose
             .read()

@@ -174,36 +174,10 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Jou
     }
 }
 
-fn sync_parent(path: &Path) -> Result<(), JournalError> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(path, "fsync parent directory"))
-}
-
-/// Atomically replaces (or creates) `path` with `contents`: temp file, fsync, rename, fsync
-/// the directory. A crash leaves either the old file or the new one, never a mix.
+/// Atomically replaces (or creates) `path` with `contents` (see [`crate::fsutil::write_atomically`]).
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<File, JournalError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err(path, "create temporary journal"))?;
-    f.write_all(contents)
-        .map_err(io_err(path, "write temporary journal"))?;
-    f.sync_all()
-        .map_err(io_err(path, "fsync temporary journal"))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path, "rename temporary journal"))?;
-    sync_parent(path)?;
-    Ok(f)
+    crate::fsutil::write_atomically(path, |w| w.write_all(contents))
+        .map_err(io_err(path, "atomically replace journal"))
 }
 
 impl Journal {

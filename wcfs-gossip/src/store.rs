@@ -1,0 +1,370 @@
+//! A node's data directory: its identity, the table's latest snapshot, and the journal of
+//! everything since.
+//!
+//! ```text
+//! DIR/lock        held (flock) while a process uses the directory
+//! DIR/identity    replica id, hash seed, generation (bumped on every open)
+//! DIR/table.snap  the latest snapshot (written to table.snap.tmp, fsynced, renamed)
+//! DIR/journal     records and counter reservations since that snapshot
+//! ```
+//! Opening recovers the table: the snapshot, then the journal replayed on top (a torn tail is
+//! dropped and reported). A local mutation is durable before the filesystem call that caused
+//! it returns ([`Persist::log_local`] under [`Durability::Always`]), and the replica's counter
+//! is reserved ahead in the journal, so no sequence number is reused after a crash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use wcfs_core::handle::{LocalHandle, Persist, ProposeError};
+use wcfs_core::journal::{JournalEntry, Tail, apply};
+use wcfs_core::snapshot::{self, SnapshotError};
+use wcfs_core::{Record, ReplicaId, Table, TableError};
+
+use crate::fsutil::write_atomically;
+use crate::journal::{Durability, Journal, JournalError, JournalOptions};
+
+/// How a store makes things durable and when it compacts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// When journal appends are fsynced (default: before the filesystem call returns).
+    pub durability: Durability,
+    /// Sequence numbers reserved per journaled reservation.
+    pub reserve_block: u64,
+    /// Write a snapshot (and shrink the journal) once the journal exceeds this many bytes.
+    pub snapshot_after_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Always,
+            reserve_block: crate::journal::DEFAULT_RESERVE_BLOCK,
+            snapshot_after_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who this node is, kept in `DIR/identity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The stable replica id (never renewed while the data directory lives).
+    pub replica: ReplicaId,
+    /// Seed of the table's name hash.
+    pub hash_seed: u64,
+    /// Bumped on every open, so peers can tell a restarted node from a stale message.
+    pub generation: u64,
+}
+
+/// What opening a store found and did.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The node's identity (generation already bumped).
+    pub identity: Identity,
+    /// The directory was new: a fresh identity was created.
+    pub created: bool,
+    /// Paths with state loaded from the snapshot, if there was one.
+    pub snapshot_paths: Option<usize>,
+    /// Records replayed from the journal.
+    pub journal_records: usize,
+    /// How the journal ended (a torn or corrupt tail was dropped).
+    pub journal_tail: Tail,
+}
+
+/// Why a store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another process holds the directory.
+    #[error("{0}: the data directory is in use by another wcfs process")]
+    Locked(PathBuf),
+    /// The identity file is malformed.
+    #[error("{path}: {why}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The snapshot is damaged or from an incompatible build.
+    #[error(
+        "{path}: {source}. The table can be rebuilt from the RW branch (`wcfs rebuild`) or \
+         recovered from peers after moving the data directory aside"
+    )]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        source: SnapshotError,
+    },
+    /// The snapshot belongs to another replica.
+    #[error(
+        "{path}: snapshot belongs to replica {found}, but this directory's identity is {expected}"
+    )]
+    WrongReplica {
+        /// The file.
+        path: PathBuf,
+        /// The identity's replica.
+        expected: ReplicaId,
+        /// The snapshot's replica.
+        found: ReplicaId,
+    },
+    /// The journal could not be opened or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Replaying the journal into the table failed.
+    #[error("replaying the journal: {0}")]
+    Replay(#[from] TableError),
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// An open data directory. Implements [`Persist`] so a [`LocalHandle`] journals through it.
+pub struct Store {
+    dir: PathBuf,
+    journal: Journal,
+    opts: StoreOptions,
+    snapshot_lock: Mutex<()>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_identity(path: &Path, text: &str) -> Result<Identity, StoreError> {
+    let bad = |why: String| StoreError::Identity {
+        path: path.to_owned(),
+        why,
+    };
+    let (mut replica, mut seed, mut generation) = (None, None, None);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(bad(format!("line {}: expected key=value", n + 1)));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let hex = |v: &str| {
+            u64::from_str_radix(v, 16).map_err(|e| bad(format!("line {}: {k}: {e}", n + 1)))
+        };
+        match k {
+            "replica" => replica = Some(hex(v)?),
+            "hash_seed" => seed = Some(hex(v)?),
+            "generation" => {
+                generation = Some(
+                    v.parse::<u64>()
+                        .map_err(|e| bad(format!("line {}: generation: {e}", n + 1)))?,
+                )
+            }
+            _ => return Err(bad(format!("line {}: unknown key {k:?}", n + 1))),
+        }
+    }
+    match (replica, seed, generation) {
+        (Some(r), Some(s), Some(g)) => Ok(Identity {
+            replica: ReplicaId(r),
+            hash_seed: s,
+            generation: g,
+        }),
+        _ => Err(bad("missing replica, hash_seed or generation".into())),
+    }
+}
+
+fn write_identity(path: &Path, id: &Identity) -> Result<(), StoreError> {
+    write_atomically(path, |w| {
+        write!(
+            w,
+            "# WCFS node identity. Do not copy to another node: each node needs its own.\n\
+             replica = {:016x}\nhash_seed = {:016x}\ngeneration = {}\n",
+            id.replica.0, id.hash_seed, id.generation
+        )
+    })
+    .map(drop)
+    .map_err(io_err(path, "write identity"))
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory `dir` and recovers the table. `fresh`
+    /// supplies a random replica id and hash seed if the directory is new.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        opts: StoreOptions,
+        fresh: impl FnOnce() -> (u64, u64),
+    ) -> Result<(Store, Table, Recovery), StoreError> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "open lock file"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, "lock")(e)),
+        }
+
+        let id_path = dir.join("identity");
+        let (mut identity, created) = match std::fs::read_to_string(&id_path) {
+            Ok(text) => (parse_identity(&id_path, &text)?, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (r, s) = fresh();
+                (
+                    Identity {
+                        replica: ReplicaId(r),
+                        hash_seed: s,
+                        generation: 0,
+                    },
+                    true,
+                )
+            }
+            Err(e) => return Err(io_err(&id_path, "read identity")(e)),
+        };
+        identity.generation += 1;
+        write_identity(&id_path, &identity)?;
+
+        let snap_path = dir.join("table.snap");
+        let (mut table, snapshot_paths) = match File::open(&snap_path) {
+            Ok(mut f) => {
+                let len = f
+                    .metadata()
+                    .map_err(io_err(&snap_path, "stat snapshot"))?
+                    .len();
+                let t = snapshot::read(&mut io::BufReader::with_capacity(1 << 20, &mut f), len)
+                    .map_err(|source| StoreError::Snapshot {
+                        path: snap_path.clone(),
+                        source,
+                    })?;
+                if t.replica() != identity.replica {
+                    return Err(StoreError::WrongReplica {
+                        path: snap_path,
+                        expected: identity.replica,
+                        found: t.replica(),
+                    });
+                }
+                let n = t.stats().live_paths + t.stats().tombstones;
+                (t, Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                (Table::new(identity.replica, identity.hash_seed), None)
+            }
+            Err(e) => return Err(io_err(&snap_path, "open snapshot")(e)),
+        };
+
+        let jopts = JournalOptions {
+            durability: opts.durability,
+            reserve_block: opts.reserve_block,
+        };
+        let (journal, replay) = Journal::open(dir.join("journal"), identity.replica, jopts)?;
+        let stats = apply(&mut table, &replay.entries)?;
+        tracing::info!(
+            dir = %dir.display(),
+            replica = %identity.replica,
+            generation = identity.generation,
+            snapshot_paths,
+            journal_records = stats.records,
+            tail = ?replay.tail,
+            "recovered table"
+        );
+        let recovery = Recovery {
+            identity,
+            created,
+            snapshot_paths,
+            journal_records: stats.records,
+            journal_tail: replay.tail,
+        };
+        Ok((
+            Store {
+                dir,
+                journal,
+                opts,
+                snapshot_lock: Mutex::new(()),
+                _lock: lock,
+            },
+            table,
+            recovery,
+        ))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The journal (for status and metrics).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Writes a snapshot of `handle`'s table and shrinks the journal to what came after it.
+    /// The table is copied under its read lock (writers wait for the copy, not the write).
+    /// Returns the snapshot's size in bytes.
+    pub fn snapshot(&self, handle: &LocalHandle) -> Result<u64, StoreError> {
+        let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Everything journaled before the mark was applied to the table before being
+        // journaled, so the copy holds it; entries after the mark stay in the journal.
+        let (copy, mark) = handle.with_table(|t| (t.clone(), self.journal.mark()));
+        let path = self.dir.join("table.snap");
+        let mut size = 0;
+        write_atomically(&path, |w| {
+            size = snapshot::write(&copy, w)?;
+            Ok(())
+        })
+        .map_err(io_err(&path, "write snapshot"))?;
+        self.journal.rotate(mark)?;
+        tracing::info!(path = %path.display(), bytes = size, "wrote snapshot");
+        Ok(size)
+    }
+
+    /// Periodic upkeep: fsyncs a due `Interval` journal, and snapshots once the journal has
+    /// grown past the configured size. Call about once a second.
+    pub fn maintain(&self, handle: &LocalHandle) -> Result<(), StoreError> {
+        self.journal.sync_if_due()?;
+        if self.journal.len() > self.opts.snapshot_after_bytes {
+            self.snapshot(handle)?;
+        }
+        Ok(())
+    }
+}
+
+impl Persist for Store {
+    fn reserve(&self, next_seq: u64) -> Result<(), ProposeError> {
+        self.journal
+            .ensure_reserved(next_seq)
+            .map_err(|e| ProposeError::Journal(e.to_string()))
+    }
+    fn log_local(&self, rec: &Record) -> Result<(), ProposeError> {
+        self.journal
+            .append(&JournalEntry::Record(rec.clone()))
+            .map_err(|e| ProposeError::Journal(e.to_string()))
+    }
+    fn log_remote(&self, rec: &Record) -> Result<(), ProposeError> {
+        self.journal
+            .append(&JournalEntry::Record(rec.clone()))
+            .map_err(|e| ProposeError::Journal(e.to_string()))
+    }
+}
