@@ -91,7 +91,7 @@ impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
         let i = self.len;
         if i >> SHIFT >= self.chunks.len() {
             self.chunks
-                .push(vec![T::zeroed(); Self::CHUNK].into_boxed_slice());
+                .push(bytemuck::allocation::zeroed_slice_box(Self::CHUNK));
         }
         self.len += 1;
         *self.get_mut(i) = v;
@@ -111,7 +111,7 @@ impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
         let end = start + n;
         while (end - 1) >> SHIFT >= self.chunks.len() {
             self.chunks
-                .push(vec![T::zeroed(); Self::CHUNK].into_boxed_slice());
+                .push(bytemuck::allocation::zeroed_slice_box(Self::CHUNK));
         }
         self.len = end;
         start
