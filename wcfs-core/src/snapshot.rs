@@ -694,6 +694,44 @@ mod tests {
         back.check_invariants().unwrap();
     }
 
+    /// Rewrites the stored CRC so damage reaches the structural checks, as a buggy writer's
+    /// or a crafted file's would.
+    fn fix_crc(b: &mut [u8]) {
+        let n = b.len();
+        let crc = crc32fast::hash(&b[..n - 12]);
+        b[n - 12..n - 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1500))]
+        #[test]
+        fn crc_valid_damage_is_refused_or_yields_a_usable_table(
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255), 1..6)
+        ) {
+            let bytes = encode(&sample());
+            let mut b = bytes.clone();
+            for (at, x) in &edits {
+                let i = at.index(b.len() - 12);
+                b[i] ^= x;
+            }
+            fix_crc(&mut b);
+            if let Ok(mut t) = decode(&b) {
+                // Whatever was accepted must not make the table panic or loop.
+                let n = t.records().count();
+                let _ = t.digest();
+                for i in 0..20 {
+                    let p = WPath::new(format!("site/up/{}/f{i}.jpg", i % 7).as_bytes()).unwrap();
+                    let _ = t.resolve(&p);
+                    let _ = t.children(p.parent().as_ref());
+                    let _ = t.propose(&p, if i % 2 == 0 { Op::Forget } else { Op::MarkRw });
+                }
+                let vv = t.version_vector();
+                t.gc(&vv);
+                proptest::prop_assert!(t.records().count() <= n + 20);
+            }
+        }
+    }
+
     #[test]
     fn every_truncation_and_many_bit_flips_are_refused() {
         let t = sample();
