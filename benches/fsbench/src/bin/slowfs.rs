@@ -30,18 +30,39 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, Session, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 
 /// The counted operations, in report order. The first `DELAYED` are metadata requests.
 const OPS: [&str; 24] = [
-    "lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink",
-    "rename", "link", "open", "opendir", "readdir", "statfs", "access", "create", "fsync",
+    "lookup",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "opendir",
+    "readdir",
+    "statfs",
+    "access",
+    "create",
+    "fsync",
     // Not delayed:
-    "read", "write", "flush", "release", "releasedir", "forget",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "releasedir",
+    "forget",
 ];
 const DELAYED: usize = 18;
 
@@ -54,6 +75,9 @@ const STATS_NAME: &[u8] = b".slowfs-stats";
 const STATS_INO: u64 = 1 << 62;
 /// File handle of an open stats file (its text is generated per read).
 const STATS_FH: u64 = u64::MAX;
+
+/// A directory's entries as read at opendir: name, inode number, type.
+type Listing = Vec<(Vec<u8>, u64, FileType)>;
 
 #[derive(Default)]
 struct Inodes {
@@ -69,7 +93,7 @@ struct Slow {
     counts: [AtomicU64; OPS.len()],
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<File>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<(Vec<u8>, u64, FileType)>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
 }
 
@@ -465,10 +489,7 @@ impl Filesystem for Fs {
         let s = &self.0;
         s.hit("symlink");
         let p = tri!(reply, s.child(parent, link_name));
-        tri!(
-            reply,
-            std::os::unix::fs::symlink(target, &p).map_err(errno)
-        );
+        tri!(reply, std::os::unix::fs::symlink(target, &p).map_err(errno));
         let _ = std::os::unix::fs::lchown(&p, Some(req.uid()), Some(req.gid()));
         s.entry(&p, reply);
     }
@@ -643,7 +664,11 @@ impl Filesystem for Fs {
         let s = &self.0;
         s.hit("fsync");
         let f = tri!(reply, s.file(fh));
-        let r = if datasync { f.sync_data() } else { f.sync_all() };
+        let r = if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        };
         tri!(reply, r.map_err(errno));
         reply.ok();
     }
