@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -60,6 +60,10 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// Offer `readdirplus` to the kernel.
     pub readdirplus: bool,
+    /// Let the kernel cache directory listings (`FOPEN_CACHE_DIR`), and skip `opendir` round
+    /// trips entirely where the kernel supports `FUSE_NO_OPENDIR_SUPPORT`. Table changes drop
+    /// the cached listing of the parent directory.
+    pub cache_dirs: bool,
 }
 
 impl Default for FsConfig {
@@ -71,6 +75,7 @@ impl Default for FsConfig {
             threads: 4,
             passthrough: true,
             readdirplus: true,
+            cache_dirs: true,
         }
     }
 }
@@ -101,9 +106,21 @@ enum Handle {
         _backing: Option<Arc<BackingId>>,
     },
     Dir {
-        entries: Vec<DirEnt>,
+        entries: Arc<Vec<DirEnt>>,
+    },
+    /// A read-only open of an RO-branch file. The RO branch never changes under a mount, so
+    /// the open needs no syscall: the file is opened on the first read that misses the kernel's
+    /// page cache (kept across opens), or never.
+    RoLazy {
+        ino: u64,
+        path: WPath,
+        file: OnceLock<File>,
     },
 }
+
+/// Most directory listings the daemon keeps for offset-continued `readdir` calls without an
+/// `opendir` handle; beyond it the cache is emptied (listings are rebuilt at offset 0 anyway).
+const DIR_CACHE_MAX: usize = 4096;
 
 /// Per-inode open state that the kernel's passthrough rules depend on.
 #[derive(Default)]
@@ -125,6 +142,10 @@ pub(crate) struct Shared {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     passthrough_on: AtomicBool,
+    /// The kernel skips `opendir` (we answered ENOSYS) and sends `readdir` with fh 0.
+    no_opendir: AtomicBool,
+    /// Listings for `readdir` without an `opendir` handle, by directory node.
+    dir_cache: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     open_state: Mutex<HashMap<u64, OpenState>>,
     copy_up_lock: Mutex<()>,
     tmp_counter: AtomicU64,
@@ -295,6 +316,8 @@ impl Shared {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             passthrough_on: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
+            dir_cache: Mutex::default(),
             open_state: Mutex::default(),
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
@@ -881,7 +904,9 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .find(|h| matches!(***h, Handle::File { ino: i, .. } if i == ino))
+            .find(|h| {
+                matches!(***h, Handle::File { ino: i, .. } | Handle::RoLazy { ino: i, .. } if i == ino)
+            })
             .cloned()
     }
 
@@ -890,8 +915,107 @@ impl Shared {
             Handle::File { file, side, .. } => {
                 self.branch(*side).fstat(file.as_raw_fd()).map_err(errno)
             }
+            Handle::RoLazy { path, file, .. } => {
+                let f = self.ro_file(path, file)?;
+                self.ro.fstat(f.as_raw_fd()).map_err(errno)
+            }
             Handle::Dir { .. } => Err(Errno::EBADF),
         }
+    }
+
+    /// Drops the daemon's remembered listing of directory `ino` (its content changed).
+    pub(crate) fn forget_listing(&self, ino: u64) {
+        self.dir_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+
+    /// The RO file of a lazy handle, opened on first use.
+    fn ro_file<'a>(&self, path: &WPath, cell: &'a OnceLock<File>) -> Result<&'a File, Errno> {
+        if cell.get().is_none() {
+            let fd = self
+                .ro
+                .open_at(Some(path), libc::O_RDONLY, 0)
+                .map_err(errno)?;
+            // A racing reader may have set it first; either file is the same RO file.
+            let _ = cell.set(File::from(fd));
+        }
+        cell.get().ok_or(Errno::EIO)
+    }
+
+    /// Answers a read-only open of an RO file without touching the branch.
+    fn open_ro_lazy(&self, ino: u64, path: WPath, reply: ReplyOpen) {
+        self.open_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ino)
+            .or_default()
+            .cached += 1;
+        let fh = self.add_handle(Handle::RoLazy {
+            ino,
+            path,
+            file: OnceLock::new(),
+        });
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    /// The union listing of directory `ino` as `readdir` entries, `.` and `..` first.
+    fn dir_entries(&self, ino: INodeNo) -> Result<Vec<DirEnt>, Errno> {
+        let path = self.path_of(ino)?;
+        let list = self.union_list(path.as_ref())?;
+        let mut entries = Vec::with_capacity(list.len() + 2);
+        entries.push(DirEnt {
+            name: b".".to_vec(),
+            ino: ino.0,
+            kind: FileType::Directory,
+        });
+        entries.push(DirEnt {
+            name: b"..".to_vec(),
+            ino: ROOT,
+            kind: FileType::Directory,
+        });
+        for (name, kind) in list {
+            let cino = self.inodes.get_or_insert(ino.0, &name);
+            entries.push(DirEnt {
+                name,
+                ino: cino,
+                kind,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// The listing a `readdir` at `offset` continues: the open handle's, or (without
+    /// `opendir`) a fresh one at offset 0 and the remembered one after.
+    fn listing(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<Arc<Vec<DirEnt>>, Errno> {
+        if fh.0 != 0 {
+            return match &*self.handle(fh)? {
+                Handle::Dir { entries } => Ok(entries.clone()),
+                _ => Err(Errno::ENOTDIR),
+            };
+        }
+        if offset != 0
+            && let Some(l) = self
+                .dir_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ino.0)
+        {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(self.dir_entries(ino)?);
+        let mut c = self.dir_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= DIR_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(ino.0, l.clone());
+        Ok(l)
     }
 
     /// Opens `ino` for a FUSE open/create reply: RO files read-only with kept page cache, RW
@@ -945,6 +1069,18 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        if let Some(h) = &h
+            && let Handle::RoLazy { ino, .. } = &**h
+        {
+            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = st.get_mut(ino) {
+                s.cached = s.cached.saturating_sub(1);
+                if s.cached == 0 && s.backing.strong_count() == 0 {
+                    st.remove(ino);
+                }
+            }
+            return;
+        }
         if let Some(h) = h
             && let Handle::File { ino, _backing, .. } = &*h
         {
@@ -1152,6 +1288,13 @@ impl Filesystem for UnionFs {
             let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if s.cfg.cache_dirs
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok()
+        {
+            s.no_opendir.store(true, Ordering::Relaxed);
+        }
         if s.cfg.passthrough {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -1197,11 +1340,17 @@ impl Filesystem for UnionFs {
         let s = &self.0;
         if let Some(fh) = fh
             && let Ok(h) = s.handle(fh)
-            && let Handle::File { side, .. } = &*h
         {
-            let st = tri!(reply, s.fstat_handle(&h));
-            reply.attr(&s.ttl(*side), &attr(ino.0, &st));
-            return;
+            let side = match &*h {
+                Handle::File { side, .. } => Some(*side),
+                Handle::RoLazy { .. } => Some(Side::Ro),
+                Handle::Dir { .. } => None,
+            };
+            if let Some(side) = side {
+                let st = tri!(reply, s.fstat_handle(&h));
+                reply.attr(&s.ttl(side), &attr(ino.0, &st));
+                return;
+            }
         }
         match s.path_of(ino) {
             Ok(path) => {
@@ -1310,7 +1459,7 @@ impl Filesystem for UnionFs {
             let r = match &fh_file {
                 Some(h) => match &**h {
                     Handle::File { file, .. } => file.set_len(sz).map_err(errno),
-                    Handle::Dir { .. } => Err(Errno::EBADF),
+                    Handle::Dir { .. } | Handle::RoLazy { .. } => Err(Errno::EBADF),
                 },
                 None => {
                     s.rw.open_at(Some(&p), libc::O_WRONLY, 0)
@@ -1656,6 +1805,16 @@ impl Filesystem for UnionFs {
         let s = &self.0;
         let flags = flags.0;
         let path = tri!(reply, s.path_of(ino));
+        if flags & libc::O_ACCMODE == libc::O_RDONLY
+            && flags & libc::O_TRUNC == 0
+            && let Some(p) = &path
+            && s.table.resolve(p) == Resolution::Ro
+        {
+            // The kernel only opens what it looked up, and never a directory here; an RO path
+            // cannot have changed since (the RO branch is immutable under the mount).
+            s.open_ro_lazy(ino.0, p.clone(), reply);
+            return;
+        }
         let f = tri!(reply, s.locate(path.as_ref()));
         if is_dir(&f.st) {
             reply.error(Errno::EISDIR);
@@ -1704,14 +1863,18 @@ impl Filesystem for UnionFs {
         let _g = enter(OpKind::Read);
         let s = &self.0;
         let h = tri!(reply, s.handle(fh));
-        let Handle::File { file, side, .. } = &*h else {
-            reply.error(Errno::EISDIR);
-            return;
+        let (file, side) = match &*h {
+            Handle::File { file, side, .. } => (file, *side),
+            Handle::RoLazy { path, file, .. } => (tri!(reply, s.ro_file(path, file)), Side::Ro),
+            Handle::Dir { .. } => {
+                reply.error(Errno::EISDIR);
+                return;
+            }
         };
         let mut buf = vec![0u8; size as usize];
         let mut n = 0;
         while n < buf.len() {
-            if *side == Side::Rw {
+            if side == Side::Rw {
                 s.stats.count();
             }
             match file.read_at(&mut buf[n..], offset + n as u64) {
@@ -1763,7 +1926,9 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing is buffered in the daemon and locks are the kernel's: ENOSYS tells the
+        // kernel to stop sending FLUSH, saving a round trip on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -1812,45 +1977,33 @@ impl Filesystem for UnionFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _g = enter(OpKind::Readdir);
         let s = &self.0;
-        let path = tri!(reply, s.path_of(ino));
-        let list = tri!(reply, s.union_list(path.as_ref()));
-        let mut entries = Vec::with_capacity(list.len() + 2);
-        entries.push(DirEnt {
-            name: b".".to_vec(),
-            ino: ino.0,
-            kind: FileType::Directory,
-        });
-        entries.push(DirEnt {
-            name: b"..".to_vec(),
-            ino: ROOT,
-            kind: FileType::Directory,
-        });
-        for (name, kind) in list {
-            let cino = s.inodes.get_or_insert(ino.0, &name);
-            entries.push(DirEnt {
-                name,
-                ino: cino,
-                kind,
-            });
+        if s.no_opendir.load(Ordering::Relaxed) {
+            // The kernel then never opens directories again: readdir comes with fh 0 and the
+            // kernel caches listings (FOPEN_CACHE_DIR) until a change in the directory or an
+            // invalidation of its inode.
+            reply.error(Errno::ENOSYS);
+            return;
         }
+        let entries = Arc::new(tri!(reply, s.dir_entries(ino)));
         let fh = s.add_handle(Handle::Dir { entries });
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        let flags = if s.cfg.cache_dirs {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _g = enter(OpKind::Readdir);
-        let h = tri!(reply, self.0.handle(fh));
-        let Handle::Dir { entries } = &*h else {
-            reply.error(Errno::ENOTDIR);
-            return;
-        };
+        let entries = tri!(reply, self.0.listing(ino, fh, offset));
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(e.ino),
@@ -1874,11 +2027,7 @@ impl Filesystem for UnionFs {
     ) {
         let _g = enter(OpKind::Readdir);
         let s = &self.0;
-        let h = tri!(reply, s.handle(fh));
-        let Handle::Dir { entries } = &*h else {
-            reply.error(Errno::ENOTDIR);
-            return;
-        };
+        let entries = tri!(reply, s.listing(ino, fh, offset));
         let dir = tri!(reply, s.path_of(ino));
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let (st, ttl) = if e.name == b"." || e.name == b".." {
@@ -1916,7 +2065,9 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.0.release_handle(fh);
+        if fh.0 != 0 {
+            self.0.release_handle(fh);
+        }
         reply.ok();
     }
 

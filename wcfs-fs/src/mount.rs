@@ -102,6 +102,13 @@ fn invalidate_loop(rx: Receiver<Msg>, shared: Weak<Shared>, notifier: Notifier) 
         {
             tracing::debug!(path = %p, error = %e, "inval_entry");
         }
+        // The parent's listing may be cached by the kernel (FOPEN_CACHE_DIR): drop its pages.
+        if let Err(e) = notifier.inval_inode(INodeNo(parent), 0, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(path = %p, error = %e, "inval_inode(parent)");
+        }
+        s.forget_listing(parent);
         if let Some(ino) = s.inodes.find(parent, p.file_name())
             && let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)
             && e.raw_os_error() != Some(libc::ENOENT)

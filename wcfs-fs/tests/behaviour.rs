@@ -210,3 +210,42 @@ fn rw_files_use_passthrough_and_ro_files_keep_their_cache() {
     }
     assert_eq!(std::fs::read(fx.m("r")).unwrap(), b"ro data");
 }
+
+#[test]
+fn a_cached_listing_shows_a_creation_made_on_another_mount() {
+    let a = Fx::new(|ro| {
+        std::fs::create_dir_all(ro.join("site")).unwrap();
+        std::fs::write(ro.join("site/index.php"), b"i").unwrap();
+    });
+    let hb = handle(2);
+    LocalHandle::link(&a.handle, &hb);
+    let tmp_b = tempfile::tempdir().unwrap();
+    let b = Fx::mount_on(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt");
+    // Listed twice: the second listing comes from the kernel's directory cache.
+    assert_eq!(names(&a.m("site")), ["index.php"]);
+    assert_eq!(names(&a.m("site")), ["index.php"]);
+    std::fs::write(b.m("site/new.php"), b"n").unwrap();
+    assert!(eventually(Duration::from_secs(5), || names(&a.m("site"))
+        == ["index.php", "new.php"]));
+    std::fs::remove_file(b.m("site/index.php")).unwrap();
+    assert!(eventually(Duration::from_secs(5), || names(&a.m("site"))
+        == ["new.php"]));
+}
+
+#[test]
+fn an_ro_file_open_for_reading_survives_its_unlink() {
+    use std::io::{Read, Seek};
+    let fx = Fx::new(|ro| std::fs::write(ro.join("r"), b"ro data").unwrap());
+    let mut f = std::fs::File::open(fx.m("r")).unwrap();
+    std::fs::remove_file(fx.m("r")).unwrap();
+    assert!(std::fs::metadata(fx.m("r")).is_err());
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "ro data");
+    assert_eq!(f.metadata().unwrap().len(), 7);
+    f.rewind().unwrap();
+    // Local changes in a listed directory show at once.
+    assert!(names(&fx.mnt).is_empty());
+    std::fs::write(fx.m("n"), b"x").unwrap();
+    assert_eq!(names(&fx.mnt), ["n"]);
+}
