@@ -456,8 +456,11 @@ fn validate_tree(
             bits[x as usize / 64] |= 1 << (x % 64);
         }
     };
-    mark(&mut linked, root.first_child);
     let in_range = |x: u32| x == NIL || (x as usize) < n;
+    if !in_range(root.first_child) {
+        return Err(bad("root's first child out of range", 0));
+    }
+    mark(&mut linked, root.first_child);
     t.free_head = NIL;
     let mut path_len: Vec<u16> = vec![0; n];
     let mut live = 1usize;
