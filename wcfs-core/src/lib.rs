@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod dot;
 pub mod handle;
+pub mod node;
 pub mod path;
 pub mod record;
 pub mod table;

@@ -1,0 +1,412 @@
+//! Eager push, anti-entropy, GC and snapshot transfer.
+//!
+//! - Local records are batched (by time and size) and pushed once to every live peer. A peer
+//!   whose queue is full loses the push; nothing marks it delivered, so the next anti-entropy
+//!   round with that peer repairs it.
+//! - Anti-entropy: on a jittered interval a node sends its digest to a few peers (the one most
+//!   behind first, then random ones). The receiver answers with its own digest (push-pull) and
+//!   with the records the sender lacks in byte-bounded chunks; an incomplete chunk makes the
+//!   sender ask again with its updated digest, so a big catch-up is self-clocked.
+//! - A digest below our GC floor gets a snapshot instead (chunked, resumable by offset).
+//! - GC: the floor is the meet of our version vector and those of every live member (from
+//!   their digests); no GC while a live member's vector is unknown.
+
+use std::net::SocketAddr;
+
+use super::wire::Message;
+use super::{Channel, Event, Node, SnapIn, SnapOut};
+use crate::record::Record;
+use crate::table::{Digest, Shipped, Table, VersionVector, shipped_size};
+
+/// Encoded size estimate of a pushed record.
+fn record_size(r: &Record) -> usize {
+    r.path.as_bytes().len() + 2 + r.entries.len() * 10
+}
+
+impl Node {
+    pub(super) fn queue_push(&mut self, rec: Record) {
+        self.push_bytes += record_size(&rec);
+        self.push_buf.push(rec);
+        if self.push_deadline.is_none() {
+            self.push_deadline = Some(self.now + self.cfg.push_delay);
+        }
+        if self.push_bytes >= self.cfg.push_max_bytes {
+            self.flush_push();
+        }
+    }
+
+    pub(super) fn flush_push(&mut self) {
+        self.push_deadline = None;
+        self.push_bytes = 0;
+        if self.push_buf.is_empty() {
+            return;
+        }
+        let bytes = Message::Push(std::mem::take(&mut self.push_buf)).encode();
+        let to: Vec<SocketAddr> = self.peers.keys().copied().collect();
+        for addr in to {
+            if !self.send(addr, Channel::Stream, bytes.clone()) {
+                self.stats.pushes_dropped += 1;
+            }
+        }
+    }
+
+    pub(super) fn on_message(&mut self, from: SocketAddr, msg: Message) {
+        match msg {
+            Message::Swim(_) => {}
+            Message::Push(recs) => {
+                for r in &recs {
+                    self.merge_one(r, &[]);
+                }
+            }
+            Message::Digest { reply, digest } => self.on_digest(from, reply, digest),
+            Message::Records { complete, items } => {
+                for s in &items {
+                    self.merge_one(&s.record, &s.also);
+                }
+                if !complete && self.cfg.anti_entropy {
+                    // Ask for the next chunk, from what we have now.
+                    let d = Message::Digest {
+                        reply: false,
+                        digest: self.table.digest(),
+                    };
+                    self.send(from, Channel::Stream, d.encode());
+                }
+            }
+            Message::SnapChunk {
+                id,
+                offset,
+                total,
+                data,
+            } => self.on_snap_chunk(from, id, offset, total, data),
+            Message::SnapReq { id, offset } => self.serve_snapshot(from, Some((id, offset))),
+        }
+    }
+
+    fn merge_one(&mut self, rec: &Record, also: &[crate::dot::Dot]) {
+        let shipped;
+        let res = if also.is_empty() {
+            self.table.merge(rec)
+        } else {
+            shipped = Shipped {
+                record: rec.clone(),
+                also: also.to_vec(),
+            };
+            self.table.merge_shipped(&shipped)
+        };
+        match res {
+            Ok(out) => {
+                self.stats.records_merged += 1;
+                if out.changed {
+                    self.event(Event::PathChanged(rec.path.clone()));
+                }
+                if self.cfg.report_applied && out.new_dots > 0 {
+                    let mut dots: Vec<_> = rec.entries.iter().map(|e| e.dot).collect();
+                    dots.extend_from_slice(also);
+                    self.event(Event::Applied(dots));
+                }
+            }
+            Err(e) => tracing::warn!(path = %rec.path, error = %e, "record refused"),
+        }
+    }
+
+    fn on_digest(&mut self, from: SocketAddr, reply: bool, digest: Digest) {
+        let mine = self.table.digest();
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.behind = mine.vv.total().saturating_sub(digest.vv.total());
+            p.vv = Some(digest.vv.clone());
+        }
+        if reply {
+            let m = Message::Digest {
+                reply: false,
+                digest: mine,
+            };
+            self.send(from, Channel::Stream, m.encode());
+        }
+        if self.table.needs_reset(&digest) {
+            self.serve_snapshot(from, None);
+            return;
+        }
+        let chunk = self.table.records_since(&digest, self.cfg.chunk_bytes);
+        if !chunk.items.is_empty() {
+            let m = Message::Records {
+                complete: chunk.complete,
+                items: chunk.items,
+            };
+            self.send(from, Channel::Stream, m.encode());
+        }
+    }
+
+    pub(super) fn anti_entropy_round(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let mut picks: Vec<SocketAddr> = Vec::new();
+        // The peer most behind (unknown counts as most), ties broken by address.
+        if let Some((addr, _)) = self
+            .peers
+            .iter()
+            .max_by(|a, b| a.1.behind.cmp(&b.1.behind).then(b.0.cmp(a.0)))
+        {
+            picks.push(*addr);
+        }
+        let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
+        let want = self.cfg.ae_fanout.min(addrs.len());
+        let mut tries = 0;
+        while picks.len() < want && tries < 4 * want {
+            tries += 1;
+            let a = addrs[self.rng.below(addrs.len() as u64) as usize];
+            if !picks.contains(&a) {
+                picks.push(a);
+            }
+        }
+        let bytes = Message::Digest {
+            reply: true,
+            digest: self.table.digest(),
+        }
+        .encode();
+        for a in picks {
+            self.send(a, Channel::Stream, bytes.clone());
+        }
+    }
+
+    pub(super) fn gc(&mut self) {
+        let mut vvs: Vec<VersionVector> = vec![self.table.version_vector()];
+        for p in self.peers.values() {
+            match &p.vv {
+                Some(v) => vvs.push(v.clone()),
+                None => return,
+            }
+        }
+        let floor = VersionVector::meet(vvs.iter());
+        let freed = self.table.gc(&floor);
+        self.stats.paths_collected += freed as u64;
+    }
+
+    /// Sends snapshot pieces to `from`: from the start of a fresh transfer (`req` = `None`,
+    /// or a request for a transfer we no longer hold), or from the requested offset.
+    pub(super) fn serve_snapshot(&mut self, to: SocketAddr, req: Option<(u64, u64)>) {
+        let now = self.now;
+        let resume = match (req, &self.snap_out) {
+            (Some((id, off)), Some(s)) if s.id == id => Some(off),
+            _ => None,
+        };
+        let offset = match resume {
+            Some(off) => off,
+            None => {
+                if let Some(p) = self.peers.get(&to)
+                    && p.snap_started
+                        .is_some_and(|t| now < t + self.cfg.snapshot_timeout)
+                {
+                    // A transfer to this peer just started; its requests drive it.
+                    return;
+                }
+                let stale = self
+                    .snap_out
+                    .as_ref()
+                    .is_none_or(|s| now >= s.created + self.cfg.snapshot_max_age);
+                if stale {
+                    let id = self.rng.next_word();
+                    self.snap_out = Some(SnapOut {
+                        id,
+                        bytes: snapshot_encode(&self.table),
+                        created: now,
+                    });
+                }
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.snap_started = Some(now);
+                }
+                self.stats.snapshots_sent += 1;
+                0
+            }
+        };
+        let Some(s) = &self.snap_out else { return };
+        let total = s.bytes.len() as u64;
+        let id = s.id;
+        let piece = self.cfg.snapshot_piece.max(1) as u64;
+        let mut msgs = Vec::new();
+        let mut off = offset.min(total);
+        for _ in 0..self.cfg.snapshot_window.max(1) {
+            let end = (off + piece).min(total);
+            msgs.push(
+                Message::SnapChunk {
+                    id,
+                    offset: off,
+                    total,
+                    data: s.bytes[off as usize..end as usize].to_vec(),
+                }
+                .encode(),
+            );
+            off = end;
+            if off >= total {
+                break;
+            }
+        }
+        for m in msgs {
+            self.send(to, Channel::Stream, m);
+        }
+    }
+
+    fn on_snap_chunk(&mut self, from: SocketAddr, id: u64, offset: u64, total: u64, data: Vec<u8>) {
+        if total as usize > self.cfg.snapshot_max_bytes {
+            tracing::warn!(%from, total, "snapshot too large, refused");
+            return;
+        }
+        let now = self.now;
+        let window = (self.cfg.snapshot_piece * self.cfg.snapshot_window.max(1)) as u64;
+        let same = self
+            .snap_in
+            .as_ref()
+            .is_some_and(|s| s.id == id && s.from == from);
+        if !same {
+            let busy = self
+                .snap_in
+                .as_ref()
+                .is_some_and(|s| now < s.last_progress + self.cfg.snapshot_timeout);
+            if offset != 0 || busy {
+                return;
+            }
+            self.snap_in = Some(SnapIn {
+                from,
+                id,
+                total,
+                buf: Vec::new(),
+                next_req_at: window,
+                last_progress: now,
+                retries: 0,
+            });
+        }
+        let Some(s) = self.snap_in.as_mut() else {
+            return;
+        };
+        if offset != s.buf.len() as u64 {
+            return;
+        }
+        s.buf.extend_from_slice(&data);
+        s.last_progress = now;
+        s.retries = 0;
+        if s.buf.len() as u64 >= s.total {
+            let Some(done) = self.snap_in.take() else {
+                return;
+            };
+            self.install_snapshot(&done.buf);
+        } else if s.buf.len() as u64 >= s.next_req_at {
+            s.next_req_at = s.buf.len() as u64 + window;
+            let m = Message::SnapReq {
+                id,
+                offset: s.buf.len() as u64,
+            };
+            self.send(from, Channel::Stream, m.encode());
+        }
+    }
+
+    pub(super) fn snapshot_tick(&mut self) {
+        let now = self.now;
+        let Some(s) = self.snap_in.as_mut() else {
+            return;
+        };
+        if now < s.last_progress + self.cfg.snapshot_timeout {
+            return;
+        }
+        s.retries += 1;
+        if s.retries > 5 {
+            tracing::info!(from = %s.from, "snapshot transfer abandoned");
+            self.snap_in = None;
+            return;
+        }
+        s.last_progress = now;
+        let (from, m) = (
+            s.from,
+            Message::SnapReq {
+                id: s.id,
+                offset: s.buf.len() as u64,
+            },
+        );
+        self.send(from, Channel::Stream, m.encode());
+    }
+
+    fn install_snapshot(&mut self, bytes: &[u8]) {
+        match snapshot_reset(&mut self.table, bytes, self.rng.next_word()) {
+            Ok(reproposed) => {
+                self.stats.resets += 1;
+                self.event(Event::Reset);
+                for r in reproposed {
+                    self.queue_push(r);
+                }
+                // Our vector moved: whatever we knew of who is behind is stale.
+                for p in self.peers.values_mut() {
+                    p.behind = u64::MAX;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "snapshot refused"),
+        }
+    }
+}
+
+/// Why a snapshot could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SnapError {
+    #[error("snapshot malformed: {0}")]
+    Decode(#[from] crate::codec::DecodeError),
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
+}
+
+/// Interim snapshot format until `wcfs_core::snapshot` lands: the floor and every record.
+fn snapshot_encode(t: &Table) -> Vec<u8> {
+    let mut w = crate::codec::Writer::default();
+    let floor = t.floor();
+    w.varint(floor.0.len() as u64);
+    for (r, s) in &floor.0 {
+        w.u64(r.0);
+        w.varint(*s);
+    }
+    let d = t.digest();
+    d.encode(&mut w);
+    for r in t.records() {
+        r.encode(&mut w);
+    }
+    w.into_bytes()
+}
+
+/// Interim reset: rebuilds the table from the snapshot's records, keeps our replica id and
+/// counter, and re-proposes our own mutations the snapshot lacks.
+fn snapshot_reset(t: &mut Table, bytes: &[u8], seed: u64) -> Result<Vec<Record>, SnapError> {
+    use crate::codec::{DecodeError, Reader};
+    let mut r = Reader::new(bytes);
+    let n = r.count(crate::table::MAX_DIGEST_REPLICAS)?;
+    let mut floor = VersionVector::default();
+    for _ in 0..n {
+        let id = crate::dot::ReplicaId(r.u64()?);
+        let s = r.varint()?;
+        floor.0.insert(id, s);
+    }
+    let digest = Digest::decode(&mut r)?;
+    let mut fresh = Table::new(t.replica(), seed);
+    while !r.is_empty() {
+        let rec = Record::decode(&mut r)?;
+        fresh.merge(&rec)?;
+    }
+    if r.remaining() > 0 {
+        return Err(DecodeError::Invalid("trailing bytes").into());
+    }
+    fresh.gc(&floor);
+    fresh.bump_counter(t.counter());
+    let me = t.replica();
+    let mut out = Vec::new();
+    for rec in t.records() {
+        for e in &rec.entries {
+            if e.dot.replica == me && !digest.has_seen(e.dot) {
+                let op = match e.live {
+                    Some(crate::dot::Kind::Rw) => crate::dot::Op::MarkRw,
+                    Some(crate::dot::Kind::Opaque) => crate::dot::Op::MarkOpaque,
+                    Some(crate::dot::Kind::Whiteout) => crate::dot::Op::Whiteout,
+                    None => crate::dot::Op::Forget,
+                };
+                out.push(fresh.propose(&rec.path, op)?);
+            }
+        }
+    }
+    let _ = shipped_size;
+    *t = fresh;
+    Ok(out)
+}
