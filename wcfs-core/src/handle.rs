@@ -35,13 +35,14 @@ pub trait TableHandle: Send + Sync + 'static {
 }
 
 type Listener = Box<dyn Fn(&Record) + Send + Sync>;
+type ChangeListener = Box<dyn Fn(&WPath) + Send + Sync>;
 
 /// An in-memory table handle: a table behind a lock, with listeners for local proposals
 /// (to ship them) and for changes (to invalidate caches).
 pub struct LocalHandle {
     table: RwLock<Table>,
     on_propose: RwLock<Vec<Listener>>,
-    on_change: RwLock<Vec<Box<dyn Fn(&WPath) + Send + Sync>>>,
+    on_change: RwLock<Vec<ChangeListener>>,
 }
 
 impl LocalHandle {

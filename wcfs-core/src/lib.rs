@@ -12,7 +12,9 @@ pub mod handle;
 pub mod node;
 pub mod path;
 pub mod record;
+pub mod snapshot;
 pub mod table;
+pub mod webgen;
 
 pub use dot::{Dot, Kind, Op, ReplicaId};
 pub use path::{PathError, WPath};

@@ -14,10 +14,10 @@
 //! as an alias of that path until the floor passes it, so a peer that missed it learns it was
 //! superseded and its version vector can advance (no permanent holes).
 
-mod index;
-mod seen;
-mod state;
-mod tree;
+pub(crate) mod index;
+pub(crate) mod seen;
+pub(crate) mod state;
+pub(crate) mod tree;
 
 use std::collections::HashMap;
 
@@ -120,17 +120,18 @@ pub struct TableStats {
 /// The table of one replica. Deterministic: the same calls give the same state and outputs.
 #[derive(Clone, Debug)]
 pub struct Table {
-    me: ReplicaId,
-    counter: u64,
-    replicas: Vec<ReplicaId>,
-    ridx: HashMap<ReplicaId, u16>,
-    tree: Tree,
-    overflow: Overflow,
-    seen: Seen,
-    index: DotIndex,
-    floor: Vec<u64>,
-    live_paths: usize,
-    tombstones: usize,
+    pub(crate) me: ReplicaId,
+    pub(crate) me_idx: u16,
+    pub(crate) counter: u64,
+    pub(crate) replicas: Vec<ReplicaId>,
+    pub(crate) ridx: HashMap<ReplicaId, u16>,
+    pub(crate) tree: Tree,
+    pub(crate) overflow: Overflow,
+    pub(crate) seen: Seen,
+    pub(crate) index: DotIndex,
+    pub(crate) floor: Vec<u64>,
+    pub(crate) live_paths: usize,
+    pub(crate) tombstones: usize,
 }
 
 /// Encoded size estimate of a shipped record, for byte budgets.
@@ -144,6 +145,7 @@ impl Table {
     pub fn new(me: ReplicaId, hash_seed: u64) -> Table {
         let mut t = Table {
             me,
+            me_idx: 0,
             counter: 0,
             replicas: Vec::new(),
             ridx: HashMap::new(),
@@ -173,6 +175,39 @@ impl Table {
     /// sequence number at or below it is used again.
     pub fn bump_counter(&mut self, seq: u64) {
         self.counter = self.counter.max(seq.min(MAX_SEQ));
+    }
+
+    /// Replaces this table's state with `snapshot` (a peer's table, taken because this replica
+    /// fell below the GC floor), keeping this replica's identity and counter. This replica's
+    /// own mutations that the snapshot has not seen are merged back in, with their original
+    /// dots and contexts, so nothing acknowledged here is lost and add-wins still holds;
+    /// their records are returned for shipping to peers.
+    pub fn reset_from(&mut self, mut snapshot: Table) -> Result<Vec<Record>, TableError> {
+        let me = self.me;
+        let snap_me = snapshot.intern(me)?;
+        let mine: Vec<Record> = self
+            .records()
+            .filter(|r| {
+                r.entries
+                    .iter()
+                    .any(|e| e.dot.replica == me && !snapshot.seen.contains(snap_me, e.dot.seq))
+            })
+            .collect();
+        let counter = self.counter.max(snapshot.seen.vv[snap_me as usize]);
+        let counter = counter.max(
+            snapshot.seen.cloud[snap_me as usize]
+                .last()
+                .copied()
+                .unwrap_or(0),
+        );
+        snapshot.me = me;
+        snapshot.me_idx = snap_me;
+        snapshot.counter = counter;
+        *self = snapshot;
+        for r in &mine {
+            self.merge(r)?;
+        }
+        Ok(mine)
     }
 
     fn intern(&mut self, r: ReplicaId) -> Result<u16, TableError> {
@@ -235,14 +270,14 @@ impl Table {
             .iter()
             .map(|p| p.dead())
             .collect();
-        let me = Packed::new(0, seq, op.kind());
-        match list.binary_search_by_key(&0, |p| p.ridx()) {
+        let me = Packed::new(self.me_idx, seq, op.kind());
+        match list.binary_search_by_key(&self.me_idx, |p| p.ridx()) {
             Ok(i) => list[i] = me,
             Err(i) => list.insert(i, me),
         }
         self.counter = seq;
-        self.seen.insert(0, seq);
-        self.index.push(0, seq, id);
+        self.seen.insert(self.me_idx, seq);
+        self.index.push(self.me_idx, seq, id);
         self.set_state(id, &list);
         Ok(self.record_of(path.clone(), &list))
     }
@@ -268,7 +303,7 @@ impl Table {
         let mut incoming: Vec<Packed> = Vec::with_capacity(rec.entries.len());
         for e in &rec.entries {
             let r = self.intern(e.dot.replica)?;
-            incoming.push(Packed::new(r, e.dot.seq.min(MAX_SEQ).max(1), e.live));
+            incoming.push(Packed::new(r, e.dot.seq.clamp(1, MAX_SEQ), e.live));
         }
         incoming.sort_by_key(|p| p.ridx());
         // Nothing new: every dot already seen means the local state dominates the record.
@@ -516,16 +551,80 @@ impl Table {
     /// What the union shows for `path`: ancestors first (a whiteout hides everything below,
     /// an opaque directory hides the RO branch below it), then the path's own entry.
     pub fn resolve(&self, path: &WPath) -> Resolution {
-        let mut cur = ROOT;
-        let mut under_opaque = false;
-        let mut comps = path.components().peekable();
-        while let Some(c) = comps.next() {
-            let Some(id) = self.tree.child(cur, c) else {
-                break;
+        // Three passes so the memory accesses of different levels overlap: hash every prefix
+        // (compute only), probe the index for every level (independent loads), then verify the
+        // guesses top-down, falling back to an exact lookup where a guess was a tag collision.
+        const FAST: usize = 24;
+        let mut comps: [&[u8]; FAST] = [&[]; FAST];
+        let mut n = 0;
+        for c in path.components() {
+            if n == FAST {
+                return self.resolve_slow(path);
+            }
+            comps[n] = c;
+            n += 1;
+        }
+        let mut hashes = [0u32; FAST];
+        let mut h = 0;
+        for k in 0..n {
+            h = tree::hash_name(self.tree.seed, h, comps[k]);
+            hashes[k] = h;
+        }
+        let mut guess = [NIL; FAST];
+        for k in 0..n {
+            match self.tree.probe_tag(hashes[k]) {
+                Some(id) => guess[k] = id,
+                None => break,
+            }
+        }
+        let mut ids = [NIL; FAST];
+        let mut parent = ROOT;
+        let mut depth = 0;
+        for k in 0..n {
+            let g = guess[k];
+            let id = if g != NIL
+                && self.tree.node(g).parent == parent
+                && self.tree.name(g) == comps[k]
+            {
+                Some(g)
+            } else if g == NIL {
+                None
+            } else {
+                self.tree.child_hashed(parent, comps[k], hashes[k])
             };
-            let k = Self::winner(&entries(self.tree.node(id).state, &self.overflow));
-            if comps.peek().is_none() {
-                return match k {
+            let Some(id) = id else { break };
+            ids[k] = id;
+            parent = id;
+            depth = k + 1;
+        }
+        self.resolve_nodes(&ids[..depth], depth == n)
+    }
+
+    fn resolve_slow(&self, path: &WPath) -> Resolution {
+        let mut ids = Vec::new();
+        let mut cur = ROOT;
+        let mut n = 0;
+        for c in path.components() {
+            n += 1;
+            match self.tree.child(cur, c) {
+                Some(id) => {
+                    ids.push(id);
+                    cur = id;
+                }
+                None => break,
+            }
+        }
+        self.resolve_nodes(&ids, ids.len() == n)
+    }
+
+    /// Resolution given the nodes of the path's first `ids.len()` components; `whole` says
+    /// whether they reach the path itself.
+    fn resolve_nodes(&self, ids: &[NodeId], whole: bool) -> Resolution {
+        let mut under_opaque = false;
+        for (k, &id) in ids.iter().enumerate() {
+            let kind = Self::winner(&entries(self.tree.node(id).state, &self.overflow));
+            if whole && k + 1 == ids.len() {
+                return match kind {
                     Some(Kind::Rw) => Resolution::Rw,
                     Some(Kind::Opaque) => Resolution::Opaque,
                     Some(Kind::Whiteout) => Resolution::Hidden,
@@ -533,14 +632,12 @@ impl Table {
                     None => Resolution::Ro,
                 };
             }
-            match k {
+            match kind {
                 Some(Kind::Whiteout) => return Resolution::Hidden,
                 Some(Kind::Opaque) => under_opaque = true,
                 _ => {}
             }
-            cur = id;
         }
-        // The walk left the tree: nothing below has an entry, but ancestors may still hide.
         if under_opaque {
             Resolution::RwOnly
         } else {

@@ -18,7 +18,7 @@ pub(crate) struct Packed(pub u64);
 impl Packed {
     #[inline]
     pub fn new(ridx: u16, seq: u64, live: Option<Kind>) -> Packed {
-        debug_assert!(ridx != OVERFLOW && seq >= 1 && seq <= MAX_SEQ);
+        debug_assert!(ridx != OVERFLOW && (1..=MAX_SEQ).contains(&seq));
         let k = match live {
             None => 0,
             Some(Kind::Rw) => 1,

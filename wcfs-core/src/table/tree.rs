@@ -17,9 +17,9 @@ pub(crate) const FREE: u32 = u32::MAX - 1;
 pub(crate) const ROOT: NodeId = 0;
 
 const NODE_CHUNK_SHIFT: u32 = 16;
-const NODE_CHUNK: usize = 1 << NODE_CHUNK_SHIFT;
+
 const NAME_CHUNK_SHIFT: u32 = 20;
-const NAME_CHUNK: usize = 1 << NAME_CHUNK_SHIFT;
+
 const MIN_SLOTS: usize = 1024;
 
 /// One path in the tree. 32 bytes, no padding, so chunks of nodes are plain bytes on disk.
@@ -32,7 +32,9 @@ pub(crate) struct Node {
     pub prev_sibling: u32,
     /// Offset of the name in the names arena: one length byte, then the bytes.
     pub name_off: u32,
-    /// Hash of `(parent, name)`; the index's tag and probe start.
+    /// Rolling hash of the whole path (`hash_name` of the parent's hash and this name): the
+    /// index's tag and probe start. Being a function of the path bytes alone, every level of a
+    /// lookup can be probed at once, so their cache misses overlap instead of queueing.
     pub hash: u32,
     /// The packed CRDT state (see `state.rs`); 0 = none.
     pub state: u64,
@@ -144,8 +146,8 @@ fn fold(a: u64, b: u64) -> u64 {
     (r as u64) ^ ((r >> 64) as u64)
 }
 
-/// Hash of a name under a parent. Seeded per table (from the caller's RNG) so that names
-/// chosen by users cannot be crafted to collide.
+/// Hash of a name under a parent whose own path hash is `parent` (0 for the root). Seeded per
+/// table (from the caller's RNG) so that names chosen by users cannot be crafted to collide.
 #[inline]
 pub(crate) fn hash_name(seed: u64, parent: u32, name: &[u8]) -> u32 {
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -217,7 +219,13 @@ impl Tree {
     /// The child of `parent` named `name`, if it has a node.
     #[inline]
     pub fn child(&self, parent: NodeId, name: &[u8]) -> Option<NodeId> {
-        let hash = hash_name(self.seed, parent, name);
+        let hash = hash_name(self.seed, self.node(parent).hash, name);
+        self.child_hashed(parent, name, hash)
+    }
+
+    /// [`Tree::child`] with the hash already computed.
+    #[inline]
+    pub fn child_hashed(&self, parent: NodeId, name: &[u8], hash: u32) -> Option<NodeId> {
         let mask = self.slots.len() - 1;
         let mut pos = self.slot_pos(hash);
         loop {
@@ -231,6 +239,25 @@ impl Tree {
                 if n.parent == parent && self.name(id) == name {
                     return Some(id);
                 }
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// The first node in `hash`'s probe run whose tag matches, without verifying it: a guess
+    /// the caller checks. Lets a caller issue the probes for every level of a path before
+    /// waiting on any of them.
+    #[inline]
+    pub fn probe_tag(&self, hash: u32) -> Option<NodeId> {
+        let mask = self.slots.len() - 1;
+        let mut pos = self.slot_pos(hash);
+        loop {
+            let s = self.slots[pos];
+            if s == 0 {
+                return None;
+            }
+            if (s >> 32) as u32 == hash {
+                return Some((s as u32).wrapping_sub(1));
             }
             pos = (pos + 1) & mask;
         }
@@ -280,7 +307,7 @@ impl Tree {
             self.grow_slots();
         }
         let name_off = self.alloc_name(name)?;
-        let hash = hash_name(self.seed, parent, name);
+        let hash = hash_name(self.seed, self.node(parent).hash, name);
         let first = self.node(parent).first_child;
         let node = Node {
             parent,
@@ -424,13 +451,16 @@ impl Tree {
             .unwrap_or_else(|e| panic!("corrupt tree: node {id} has invalid path: {e}"))
     }
 
-    /// Children of `id`, most recently inserted first.
+    /// Children of `id`, most recently inserted first. Bounded by the node count, so even a
+    /// damaged sibling list cannot make it loop.
     pub fn children(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         let mut cur = self.node(id).first_child;
+        let mut budget = self.nodes.len;
         std::iter::from_fn(move || {
-            if cur == NIL {
+            if cur == NIL || budget == 0 {
                 return None;
             }
+            budget -= 1;
             let c = cur;
             cur = self.node(c).next_sibling;
             Some(c)
@@ -451,5 +481,5 @@ impl Tree {
     }
 }
 
-pub(crate) const NAME_CHUNK_BYTES: usize = NAME_CHUNK;
-pub(crate) const NODE_CHUNK_LEN: usize = NODE_CHUNK;
+pub(crate) const NAME_CHUNK_BYTES: usize = 1 << NAME_CHUNK_SHIFT;
+pub(crate) const NODE_CHUNK_LEN: usize = 1 << NODE_CHUNK_SHIFT;
