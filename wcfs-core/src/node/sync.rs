@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use super::wire::Message;
 use super::{Channel, Event, Node, SnapIn, SnapOut};
 use crate::record::Record;
-use crate::table::{Digest, Shipped, Table, VersionVector, shipped_size};
+use crate::table::{Digest, Shipped, VersionVector};
 
 /// Encoded size estimate of a pushed record.
 fn record_size(r: &Record) -> usize {
@@ -208,7 +208,7 @@ impl Node {
                     let id = self.rng.next_word();
                     self.snap_out = Some(SnapOut {
                         id,
-                        bytes: snapshot_encode(&self.table),
+                        bytes: crate::snapshot::encode(&self.table),
                         created: now,
                     });
                 }
@@ -325,7 +325,10 @@ impl Node {
     }
 
     fn install_snapshot(&mut self, bytes: &[u8]) {
-        match snapshot_reset(&mut self.table, bytes, self.rng.next_word()) {
+        let res = crate::snapshot::decode(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|snap| self.table.reset_from(snap).map_err(|e| e.to_string()));
+        match res {
             Ok(reproposed) => {
                 self.stats.resets += 1;
                 self.event(Event::Reset);
@@ -340,73 +343,4 @@ impl Node {
             Err(e) => tracing::warn!(error = %e, "snapshot refused"),
         }
     }
-}
-
-/// Why a snapshot could not be installed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SnapError {
-    #[error("snapshot malformed: {0}")]
-    Decode(#[from] crate::codec::DecodeError),
-    #[error(transparent)]
-    Table(#[from] crate::table::TableError),
-}
-
-/// Interim snapshot format until `wcfs_core::snapshot` lands: the floor and every record.
-fn snapshot_encode(t: &Table) -> Vec<u8> {
-    let mut w = crate::codec::Writer::default();
-    let floor = t.floor();
-    w.varint(floor.0.len() as u64);
-    for (r, s) in &floor.0 {
-        w.u64(r.0);
-        w.varint(*s);
-    }
-    let d = t.digest();
-    d.encode(&mut w);
-    for r in t.records() {
-        r.encode(&mut w);
-    }
-    w.into_bytes()
-}
-
-/// Interim reset: rebuilds the table from the snapshot's records, keeps our replica id and
-/// counter, and re-proposes our own mutations the snapshot lacks.
-fn snapshot_reset(t: &mut Table, bytes: &[u8], seed: u64) -> Result<Vec<Record>, SnapError> {
-    use crate::codec::{DecodeError, Reader};
-    let mut r = Reader::new(bytes);
-    let n = r.count(crate::table::MAX_DIGEST_REPLICAS)?;
-    let mut floor = VersionVector::default();
-    for _ in 0..n {
-        let id = crate::dot::ReplicaId(r.u64()?);
-        let s = r.varint()?;
-        floor.0.insert(id, s);
-    }
-    let digest = Digest::decode(&mut r)?;
-    let mut fresh = Table::new(t.replica(), seed);
-    while !r.is_empty() {
-        let rec = Record::decode(&mut r)?;
-        fresh.merge(&rec)?;
-    }
-    if r.remaining() > 0 {
-        return Err(DecodeError::Invalid("trailing bytes").into());
-    }
-    fresh.gc(&floor);
-    fresh.bump_counter(t.counter());
-    let me = t.replica();
-    let mut out = Vec::new();
-    for rec in t.records() {
-        for e in &rec.entries {
-            if e.dot.replica == me && !digest.has_seen(e.dot) {
-                let op = match e.live {
-                    Some(crate::dot::Kind::Rw) => crate::dot::Op::MarkRw,
-                    Some(crate::dot::Kind::Opaque) => crate::dot::Op::MarkOpaque,
-                    Some(crate::dot::Kind::Whiteout) => crate::dot::Op::Whiteout,
-                    None => crate::dot::Op::Forget,
-                };
-                out.push(fresh.propose(&rec.path, op)?);
-            }
-        }
-    }
-    let _ = shipped_size;
-    *t = fresh;
-    Ok(out)
 }
