@@ -52,6 +52,20 @@ pub enum SwimDecodeError {
     /// A field had an impossible value.
     #[error("SWIM packet invalid: {0}")]
     Invalid(&'static str),
+    /// Encoding: the packet buffer has no room left (foca then stops adding members).
+    #[error("no room left in the SWIM packet")]
+    NoRoom,
+}
+
+/// Encoded size of an identity, at most.
+const ID_MAX: usize = 1 + 16 + 2 + 8 + 4;
+
+fn room(buf: &impl BufMut, n: usize) -> Result<(), SwimDecodeError> {
+    if buf.remaining_mut() < n {
+        Err(SwimDecodeError::NoRoom)
+    } else {
+        Ok(())
+    }
 }
 
 /// A compact hand-written codec for foca's headers and members; total on any input.
@@ -118,6 +132,7 @@ impl foca::Codec<Identity> for SwimCodec {
         h: &Header<Identity>,
         mut buf: impl BufMut,
     ) -> Result<(), Self::Error> {
+        room(&buf, 3 * ID_MAX + 4)?;
         put_id(&h.src, &mut buf);
         buf.put_u16_le(h.src_incarnation);
         put_id(&h.dst, &mut buf);
@@ -223,6 +238,7 @@ impl foca::Codec<Identity> for SwimCodec {
         m: &Member<Identity>,
         mut buf: impl BufMut,
     ) -> Result<(), Self::Error> {
+        room(&buf, ID_MAX + 3)?;
         put_id(m.id(), &mut buf);
         buf.put_u16_le(m.incarnation());
         buf.put_u8(match m.state() {

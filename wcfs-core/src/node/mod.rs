@@ -201,6 +201,12 @@ pub struct Node {
     events: VecDeque<Event>,
     overflowed: bool,
     push_buf: Vec<Record>,
+    /// Own records not yet durable: (seq, record), shipped once `mark_durable` covers them.
+    undurable: VecDeque<(u64, Record)>,
+    /// Own mutations up to this seq are durable and may leave the node.
+    durable: u64,
+    /// Round-robin cursor over peers for anti-entropy.
+    ae_cursor: Option<SocketAddr>,
     push_bytes: usize,
     push_deadline: Option<Duration>,
     next_ae: Duration,
@@ -219,6 +225,7 @@ impl Node {
             replica: table.replica(),
             ..identity
         };
+        let durable = table.counter();
         let mut rng = SimpleRng::new(rng_seed);
         let swim_rng = SimpleRng::new(rng.next_word());
         let swim = Foca::new(me, cfg.swim.clone(), swim_rng, SwimCodec);
@@ -236,6 +243,9 @@ impl Node {
             events: VecDeque::new(),
             overflowed: false,
             push_buf: Vec::new(),
+            undurable: VecDeque::new(),
+            durable,
+            ae_cursor: None,
             push_bytes: 0,
             push_deadline: None,
             next_ae: Duration::ZERO,
@@ -277,13 +287,47 @@ impl Node {
         self.peers.values().map(|p| p.queued).sum()
     }
 
-    /// Applies a local mutation and queues it for an eager push (sent within
-    /// [`Config::push_delay`] of the last `now` the node was given, or at once when the batch
-    /// is full). Returns the record for the journal. The table is unchanged on error.
+    /// Applies a local mutation and returns its record for the journal. The table is
+    /// unchanged on error. The record does not leave this node until the driver reports it
+    /// durable with [`Node::mark_durable`]: a peer must never hold a dot that a crash could
+    /// make this replica forget (and reuse). It is then pushed within [`Config::push_delay`]
+    /// of the last `now` the node was given, or at once when the batch is full.
     pub fn propose(&mut self, path: &WPath, op: Op) -> Result<Record, TableError> {
         let rec = self.table.propose(path, op)?;
-        self.queue_push(rec.clone());
+        let seq = self.table.counter();
+        const MAX_UNDURABLE: usize = 1 << 20;
+        if self.undurable.len() >= MAX_UNDURABLE {
+            // The driver stopped syncing; anti-entropy ships these once it does.
+            self.undurable.pop_front();
+        }
+        self.undurable.push_back((seq, rec.clone()));
         Ok(rec)
+    }
+
+    /// Tells the node that its own mutations up to `seq` are durable (journal fsynced), so
+    /// they may be pushed and served to peers.
+    pub fn mark_durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq.min(self.table.counter()));
+        let mut any = false;
+        while self
+            .undurable
+            .front()
+            .is_some_and(|(s, _)| *s <= self.durable)
+        {
+            if let Some((_, r)) = self.undurable.pop_front() {
+                self.queue_push(r);
+                any = true;
+            }
+        }
+        // The group commit already batched these: push at once.
+        if any {
+            self.flush_push();
+        }
+    }
+
+    /// Own mutations up to this seq may leave the node.
+    pub fn durable(&self) -> u64 {
+        self.durable
     }
 
     /// Handles bytes received from `from`. Malformed or foreign-version bytes are counted,

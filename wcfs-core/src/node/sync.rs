@@ -126,7 +126,14 @@ impl Node {
             self.serve_snapshot(from, None);
             return;
         }
-        let chunk = self.table.records_since(&digest, self.cfg.chunk_bytes);
+        let mut chunk = self.table.records_since(&digest, self.cfg.chunk_bytes);
+        let (me, durable) = (self.me.replica, self.durable);
+        chunk.items.retain(|s| {
+            s.record
+                .entries
+                .iter()
+                .all(|e| e.dot.replica != me || e.dot.seq <= durable)
+        });
         if !chunk.items.is_empty() {
             let m = Message::Records {
                 complete: chunk.complete,
@@ -149,12 +156,23 @@ impl Node {
         {
             picks.push(*addr);
         }
-        let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
-        let want = self.cfg.ae_fanout.min(addrs.len());
+        // Then peers in turn, so every member's version vector (for GC) is refreshed within
+        // members / fanout rounds.
+        let want = self.cfg.ae_fanout.min(self.peers.len());
         let mut tries = 0;
-        while picks.len() < want && tries < 4 * want {
+        while picks.len() < want && tries < 2 * want + 2 {
             tries += 1;
-            let a = addrs[self.rng.below(addrs.len() as u64) as usize];
+            let next = match self.ae_cursor {
+                Some(c) => self
+                    .peers
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .next()
+                    .or_else(|| self.peers.iter().next()),
+                None => self.peers.iter().next(),
+            }
+            .map(|(a, _)| *a);
+            let Some(a) = next else { break };
+            self.ae_cursor = Some(a);
             if !picks.contains(&a) {
                 picks.push(a);
             }
@@ -332,8 +350,15 @@ impl Node {
             Ok(reproposed) => {
                 self.stats.resets += 1;
                 self.event(Event::Reset);
+                let (me, durable) = (self.me.replica, self.durable);
                 for r in reproposed {
-                    self.queue_push(r);
+                    // Not yet durable ones go out with their `mark_durable`.
+                    if r.entries
+                        .iter()
+                        .all(|e| e.dot.replica != me || e.dot.seq <= durable)
+                    {
+                        self.queue_push(r);
+                    }
                 }
                 // Our vector moved: whatever we knew of who is behind is stale.
                 for p in self.peers.values_mut() {

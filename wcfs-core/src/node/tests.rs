@@ -133,6 +133,8 @@ fn members_join_and_a_push_reaches_everyone_fast() {
         );
     }
     net.nodes[2].propose(&p("up/a.jpg"), Op::MarkRw).unwrap();
+    net.nodes[2].mark_durable(u64::MAX);
+    net.drain(2);
     let t0 = net.now;
     net.run_until(t0 + Duration::from_millis(3));
     for i in 0..4 {
@@ -141,6 +143,27 @@ fn members_join_and_a_push_reaches_everyone_fast() {
             crate::table::Resolution::Rw
         );
     }
+}
+
+#[test]
+fn nothing_leaves_before_it_is_durable() {
+    let mut net = Net::new(2, true);
+    net.run_until(Duration::from_secs(3));
+    net.nodes[0].propose(&p("a"), Op::MarkRw).unwrap();
+    let t = net.now;
+    net.run_until(t + Duration::from_secs(1));
+    assert_eq!(
+        net.nodes[1].table().resolve(&p("a")),
+        crate::table::Resolution::Ro
+    );
+    net.nodes[0].mark_durable(1);
+    net.drain(0);
+    let t = net.now;
+    net.run_until(t + Duration::from_millis(2));
+    assert_eq!(
+        net.nodes[1].table().resolve(&p("a")),
+        crate::table::Resolution::Rw
+    );
 }
 
 #[test]
@@ -154,9 +177,13 @@ fn anti_entropy_repairs_a_node_that_missed_pushes() {
                 .propose(&p(&format!("c/{k}")), Op::MarkRw)
                 .unwrap();
         }
+        net.nodes[0].mark_durable(u64::MAX);
+        net.drain(0);
         let t = net.now;
         net.run_until(t + Duration::from_millis(50));
         net.nodes[2].propose(&p("c/0"), Op::Forget).unwrap();
+        net.nodes[2].mark_durable(u64::MAX);
+        net.drain(2);
         let t = net.now;
         net.run_until(t + Duration::from_millis(50));
         net.cut = None;
