@@ -249,6 +249,25 @@ pub struct Sim {
     pub log: Vec<String>,
 }
 
+/// The planted bug of [`Opts::bug_ignore_removals`]: drops tombstone records.
+fn strip_removals(bytes: Vec<u8>) -> Vec<u8> {
+    use wcfs_core::node::Message;
+    match Message::decode(&bytes) {
+        Ok(Message::Push(mut recs)) => {
+            recs.retain(|r| !r.is_tombstone());
+            Message::Push(recs).encode()
+        }
+        Ok(Message::Records {
+            complete,
+            mut items,
+        }) => {
+            items.retain(|s| !s.record.is_tombstone());
+            Message::Records { complete, items }.encode()
+        }
+        _ => bytes,
+    }
+}
+
 fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000))
 }
@@ -743,6 +762,12 @@ impl Sim {
                     if sn.life != Life::Up {
                         continue;
                     }
+                    let bytes = if to == 0 && self.opts.bug_ignore_removals {
+                        strip_removals(bytes)
+                    } else {
+                        bytes
+                    };
+                    let sn = &mut self.nodes[to];
                     if sn.inbound.len() >= self.opts.inbound_cap {
                         self.counters.inbound_dropped += 1;
                         continue;

@@ -85,6 +85,9 @@ pub struct Opts {
     pub checkpoints: bool,
     /// Nodes that start later (join).
     pub late_joiners: Vec<usize>,
+    /// A planted bug: node 0's merge ignores removals (tombstone records are stripped from
+    /// what it receives). The checker must catch it.
+    pub bug_ignore_removals: bool,
 }
 
 impl Opts {
@@ -115,6 +118,7 @@ impl Opts {
             no_anti_entropy: false,
             checkpoints: matches!(scenario, Scenario::CrashRestart | Scenario::Churn),
             late_joiners: Vec::new(),
+            bug_ignore_removals: false,
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct Config {
     pub chunk_bytes: usize,
     /// Interval between GC passes. Default 1 s.
     pub gc_interval: Duration,
+    /// How long a member declared down still holds back GC (with its last known version
+    /// vector). A member that comes back within it merges normally; one that comes back
+    /// later is below the floor and takes a snapshot. Default 60 s.
+    pub gc_grace: Duration,
     /// Bound on bytes queued for one peer and not yet polled; pushes beyond it are dropped
     /// (anti-entropy repairs the peer later). Default 1 MiB.
     pub peer_queue_bytes: usize,
@@ -87,6 +91,7 @@ impl Config {
             ae_fanout: 2,
             chunk_bytes: 64 * 1024,
             gc_interval: Duration::from_secs(1),
+            gc_grace: Duration::from_secs(60),
             peer_queue_bytes: 1 << 20,
             snapshot_piece: 64 * 1024,
             snapshot_window: 4,
@@ -197,6 +202,8 @@ pub struct Node {
     now: Duration,
     started: bool,
     peers: BTreeMap<SocketAddr, Peer>,
+    /// Members declared down within the GC grace period: when, and their last vector.
+    departed: BTreeMap<SocketAddr, (Duration, Option<crate::table::VersionVector>)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     overflowed: bool,
@@ -239,6 +246,7 @@ impl Node {
             now: Duration::ZERO,
             started: false,
             peers: BTreeMap::new(),
+            departed: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             overflowed: false,
@@ -477,13 +485,21 @@ impl Node {
                 Change::Up(id) => {
                     let fresh = self.peers.get(&id.addr).is_none_or(|p| p.id != id);
                     if fresh {
+                        self.departed.remove(&id.addr);
                         self.peers.insert(id.addr, Peer::new(id));
                         self.event(Event::MemberUp(id));
                     }
                 }
                 Change::Down(id) => {
-                    if self.peers.get(&id.addr).is_some_and(|p| p.id == id) {
-                        self.peers.remove(&id.addr);
+                    if self.peers.get(&id.addr).is_some_and(|p| p.id == id)
+                        && let Some(p) = self.peers.remove(&id.addr)
+                    {
+                        // It still counts for GC for a grace period: if it comes back (a
+                        // partition heals) it merges instead of needing a reset.
+                        const MAX_DEPARTED: usize = 1 << 16;
+                        if self.departed.len() < MAX_DEPARTED {
+                            self.departed.insert(id.addr, (self.now, p.vv));
+                        }
                         self.event(Event::MemberDown(id));
                     }
                 }

@@ -195,6 +195,14 @@ impl Node {
                 None => return,
             }
         }
+        let (now, grace) = (self.now, self.cfg.gc_grace);
+        self.departed.retain(|_, (since, _)| now < *since + grace);
+        for (_, vv) in self.departed.values() {
+            match vv {
+                Some(v) => vvs.push(v.clone()),
+                None => return,
+            }
+        }
         let floor = VersionVector::meet(vvs.iter());
         let freed = self.table.gc(&floor);
         self.stats.paths_collected += freed as u64;
@@ -343,11 +351,26 @@ impl Node {
     }
 
     fn install_snapshot(&mut self, bytes: &[u8]) {
-        let res = crate::snapshot::decode(bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|snap| self.table.reset_from(snap).map_err(|e| e.to_string()));
+        let snap = match crate::snapshot::decode(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot refused");
+                return;
+            }
+        };
+        // Everything we hold that the snapshot has not seen (aliases of superseded dots
+        // included) is merged into it after the reset: the snapshot's own floor and seen-set
+        // drop whatever of it is stale, and the rest is news from our side that must not be
+        // lost (nor leave holes in everyone's version vectors).
+        let extra = self.table.records_since(&snap.digest(), usize::MAX).items;
+        let res = self.table.reset_from(snap).map_err(|e| e.to_string());
         match res {
             Ok(reproposed) => {
+                for s in &extra {
+                    if let Err(e) = self.table.merge_shipped(s) {
+                        tracing::warn!(error = %e, "record refused after reset");
+                    }
+                }
                 self.stats.resets += 1;
                 self.event(Event::Reset);
                 let (me, durable) = (self.me.replica, self.durable);
