@@ -351,6 +351,7 @@ impl Sim {
         cfg.anti_entropy = !self.opts.no_anti_entropy;
         cfg.report_applied = true;
         cfg.ae_interval = Duration::from_micros(self.opts.ae_interval);
+        cfg.gc_grace = Duration::from_micros(self.opts.gc_grace);
         // Faster failure detection than the WAN-ish defaults: the simulated LAN is fast.
         cfg.swim.probe_period = Duration::from_millis(500);
         cfg.swim.probe_rtt = Duration::from_millis(100);
@@ -402,12 +403,24 @@ impl Sim {
             out.push(t);
         }
         let mut applied: Vec<Dot> = Vec::new();
+        let mut reset = false;
         while let Some(e) = node.poll_event() {
             match e {
                 Event::Applied(d) => applied.extend(d),
-                Event::Reset => self.counters.resets += 1,
+                Event::Reset => reset = true,
                 _ => {}
             }
+        }
+        if reset {
+            // A snapshot brought whatever it had seen.
+            self.counters.resets += 1;
+            let d = node.table().digest();
+            applied.extend(
+                self.muts
+                    .iter()
+                    .map(|m| m.dot)
+                    .filter(|dot| d.has_seen(*dot)),
+            );
         }
         let timeout = node.poll_timeout();
         for d in applied {

@@ -85,6 +85,8 @@ pub struct Opts {
     pub checkpoints: bool,
     /// Nodes that start later (join).
     pub late_joiners: Vec<usize>,
+    /// How long a member declared down still holds GC back, µs.
+    pub gc_grace: Micros,
     /// A planted bug: node 0's merge ignores removals (tombstone records are stripped from
     /// what it receives). The checker must catch it.
     pub bug_ignore_removals: bool,
@@ -119,6 +121,12 @@ impl Opts {
             checkpoints: matches!(scenario, Scenario::CrashRestart | Scenario::Churn),
             late_joiners: Vec::new(),
             bug_ignore_removals: false,
+            // Crash-restart uses a short grace so a long outage exercises snapshot resets.
+            gc_grace: if scenario == Scenario::CrashRestart {
+                3 * SEC
+            } else {
+                60 * SEC
+            },
         }
     }
 }
@@ -160,6 +168,13 @@ pub fn schedule(sim: &mut Sim) {
             sim.fault_at(0, Fault::Service(n - 1, o.service * 20));
         }
         Scenario::CrashRestart => {
+            // One long outage: down for longer than the GC grace, so it must take a snapshot.
+            let long = n / 2;
+            sim.fault_at(start, Fault::Crash(long));
+            sim.fault_at(
+                (start + o.gc_grace + 5 * SEC).min(work_end),
+                Fault::Restart(long),
+            );
             let crashes = (n / 10).max(2);
             for _ in 0..crashes {
                 let i = between(0, n as Micros - 1) as usize;

@@ -11,7 +11,9 @@ fn small(s: Scenario, seed: u64) -> Opts {
     };
     let secs = match s {
         Scenario::Gc => 20.0,
-        Scenario::PartitionHeal | Scenario::Oneway | Scenario::Churn => 14.0,
+        Scenario::PartitionHeal | Scenario::Oneway | Scenario::Churn | Scenario::CrashRestart => {
+            14.0
+        }
         _ => 8.0,
     };
     let mut o = Opts::new(s, nodes, seed, Some(secs));
@@ -40,6 +42,19 @@ fn every_scenario_passes_on_several_seeds() {
             run_ok(small(s, seed));
         }
     }
+}
+
+#[test]
+fn a_node_down_past_the_gc_grace_comes_back_through_a_snapshot() {
+    let o = small(Scenario::CrashRestart, 4);
+    let r = Sim::new(o).run();
+    assert!(r.violations.is_empty() && r.converged, "{:?}", r.violations);
+    let resets: u64 = r.lines[0]
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("resets="))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    assert!(resets >= 1, "{}", r.lines[0]);
 }
 
 #[test]
