@@ -90,6 +90,8 @@ pub enum Fault {
     Join(usize),
     /// Leave gracefully and stop.
     Leave(usize),
+    /// Internal: whether a leaving node has handed its mutations off.
+    LeaveCheck(usize),
     /// Set a node's service time per message, µs.
     Service(usize, Micros),
 }
@@ -168,6 +170,8 @@ struct SimNode {
     inbound: VecDeque<(usize, Vec<u8>)>,
     busy: bool,
     paused: bool,
+    /// Leaving gracefully: no more writes; exits by this time at the latest.
+    leaving: Option<Micros>,
     service: Micros,
     tx_free: Micros,
     epoch: u64,
@@ -187,6 +191,8 @@ pub struct Mutation {
     pub path: WPath,
     /// The op.
     pub op: Op,
+    /// Its record as proposed.
+    pub rec: Record,
     /// When proposed.
     pub at: Micros,
     /// Acknowledged (journal synced) — must never be lost.
@@ -233,8 +239,6 @@ pub struct Sim {
     /// Every mutation proposed, in order.
     pub muts: Vec<Mutation>,
     by_dot: BTreeMap<Dot, usize>,
-    /// Reference table: every proposed record merged, never collected.
-    pub truth: Table,
     created: Vec<WPath>,
     next_name: u64,
     /// Totals.
@@ -247,6 +251,8 @@ pub struct Sim {
     pub converged_at: Option<Micros>,
     /// Log lines (deterministic).
     pub log: Vec<String>,
+    /// When membership-disturbing faults happened (they hold GC back for the grace period).
+    pub disruptions: Vec<Micros>,
 }
 
 /// The planted bug of [`Opts::bug_ignore_removals`]: drops tombstone records.
@@ -287,6 +293,7 @@ impl Sim {
                 inbound: VecDeque::new(),
                 busy: false,
                 paused: false,
+                leaving: None,
                 service: opts.service,
                 tx_free: 0,
                 epoch: 0,
@@ -299,7 +306,6 @@ impl Sim {
                 pending_ack: Vec::new(),
             })
             .collect();
-        let truth = Table::new(ReplicaId(0), 0);
         Sim {
             now: 0,
             seq: 0,
@@ -310,7 +316,6 @@ impl Sim {
             nodes,
             muts: Vec::new(),
             by_dot: BTreeMap::new(),
-            truth,
             created: Vec::new(),
             next_name: 0,
             counters: Counters::default(),
@@ -318,6 +323,7 @@ impl Sim {
             last_heal: 0,
             converged_at: None,
             log: Vec::new(),
+            disruptions: Vec::new(),
             opts,
         }
     }
@@ -528,7 +534,10 @@ impl Sim {
     fn mutate(&mut self) {
         // Pick a running node.
         let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].life == Life::Up && !self.nodes[i].paused)
+            .filter(|&i| {
+                let sn = &self.nodes[i];
+                sn.life == Life::Up && !sn.paused && sn.leaving.is_none()
+            })
             .collect();
         if up.is_empty() {
             return;
@@ -604,7 +613,6 @@ impl Sim {
         };
         let dot = e.dot;
         sn.disk.journal.push(rec.clone());
-        let _ = self.truth.merge(&rec);
         let m = self.muts.len();
         sn.pending_ack.push(m);
         let mut reached = vec![0u64; nn.div_ceil(64)];
@@ -614,6 +622,7 @@ impl Sim {
             dot,
             path,
             op,
+            rec: rec.clone(),
             at: self.now,
             acked: false,
             lost: false,
@@ -663,6 +672,17 @@ impl Sim {
     }
 
     fn fault(&mut self, f: Fault) {
+        if matches!(
+            f,
+            Fault::Crash(_)
+                | Fault::Leave(_)
+                | Fault::Pause(_)
+                | Fault::Partition(_)
+                | Fault::Join(_)
+                | Fault::Restart(_)
+        ) {
+            self.disruptions.push(self.now);
+        }
         match f {
             Fault::Net(n) => self.net = n,
             Fault::Partition(p) => {
@@ -695,20 +715,35 @@ impl Sim {
                 }
             }
             Fault::Leave(i) => {
-                if self.nodes[i].life == Life::Up {
+                if self.nodes[i].life == Life::Up && self.nodes[i].leaving.is_none() {
                     self.log
                         .push(format!("t={}ms leave node {i}", self.now / MS));
-                    if let Some(n) = self.nodes[i].node.as_mut() {
-                        n.leave();
-                    }
-                    self.kick(i);
-                    // Its pending mutations are synced before it exits.
+                    // Graceful: stop taking writes, sync the journal, push, and wait (a
+                    // bounded time) until a peer's digest shows it holds all our mutations.
+                    self.nodes[i].leaving = Some(self.now + 5 * SEC);
                     self.commit_node(i);
-                    let sn = &mut self.nodes[i];
-                    sn.node = None;
-                    sn.life = Life::Left;
-                    sn.epoch += 1;
+                    self.kick(i);
+                    self.fault_at(self.now + 20 * MS, Fault::LeaveCheck(i));
                 }
+            }
+            Fault::LeaveCheck(i) => {
+                let Some(deadline) = self.nodes[i].leaving else {
+                    return;
+                };
+                let done = self.nodes[i].node.as_ref().is_none_or(|n| n.handoff_done());
+                if !done && self.now < deadline {
+                    self.fault_at(self.now + 20 * MS, Fault::LeaveCheck(i));
+                    return;
+                }
+                if let Some(n) = self.nodes[i].node.as_mut() {
+                    n.leave();
+                }
+                self.kick(i);
+                let sn = &mut self.nodes[i];
+                sn.node = None;
+                sn.life = Life::Left;
+                sn.leaving = None;
+                sn.epoch += 1;
             }
             Fault::Service(i, s) => self.nodes[i].service = s,
         }

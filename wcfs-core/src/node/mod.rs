@@ -84,6 +84,12 @@ impl Config {
         // Members that come back under a new generation are renamed; down ones are forgotten
         // after a while so the member list stays bounded.
         swim.remove_down_after = Some(Duration::from_secs(60));
+        // Members on the far side of a healed partition are "down" to each other; announcing
+        // to a few down members often lets the two sides find each other again quickly.
+        swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(1),
+            num_members: std::num::NonZeroUsize::new(2).unwrap_or(std::num::NonZeroUsize::MIN),
+        });
         Config {
             push_delay: Duration::from_millis(1),
             push_max_bytes: 16 * 1024,
@@ -426,6 +432,17 @@ impl Node {
             return Some(Event::Overflow);
         }
         self.events.pop_front()
+    }
+
+    /// Whether some live peer's last digest shows it holds every mutation of ours: a node
+    /// leaving for good waits for this (bounded) so nothing acknowledged leaves with it.
+    pub fn handoff_done(&self) -> bool {
+        let (me, c) = (self.me.replica, self.table.counter());
+        c == 0
+            || self
+                .peers
+                .values()
+                .any(|p| p.vv.as_ref().is_some_and(|v| v.get(me) >= c))
     }
 
     /// Leaves the cluster gracefully (tells peers we are going).

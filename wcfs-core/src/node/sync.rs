@@ -24,6 +24,21 @@ fn record_size(r: &Record) -> usize {
 }
 
 impl Node {
+    /// Our digest as peers may see it: never claiming own mutations that are not durable
+    /// yet. A peer that believed we had them could raise its GC floor past a seq that a crash
+    /// makes us reuse, and then drop the new mutation as already collected.
+    pub(super) fn my_digest(&self) -> Digest {
+        let mut d = self.table.digest();
+        let me = self.me.replica;
+        if let Some(v) = d.vv.0.get_mut(&me) {
+            *v = (*v).min(self.durable);
+        }
+        if let Some(c) = d.cloud.get_mut(&me) {
+            c.retain(|s| *s <= self.durable);
+        }
+        d
+    }
+
     pub(super) fn queue_push(&mut self, rec: Record) {
         self.push_bytes += record_size(&rec);
         self.push_buf.push(rec);
@@ -67,7 +82,7 @@ impl Node {
                     // Ask for the next chunk, from what we have now.
                     let d = Message::Digest {
                         reply: false,
-                        digest: self.table.digest(),
+                        digest: self.my_digest(),
                     };
                     self.send(from, Channel::Stream, d.encode());
                 }
@@ -110,7 +125,7 @@ impl Node {
     }
 
     fn on_digest(&mut self, from: SocketAddr, reply: bool, digest: Digest) {
-        let mine = self.table.digest();
+        let mine = self.my_digest();
         if let Some(p) = self.peers.get_mut(&from) {
             p.behind = mine.vv.total().saturating_sub(digest.vv.total());
             p.vv = Some(digest.vv.clone());
@@ -177,9 +192,17 @@ impl Node {
                 picks.push(a);
             }
         }
+        // Now and then a member declared down within the grace period too: if it is back (a
+        // healed partition) the data heals without waiting for membership to.
+        if !self.departed.is_empty() && self.rng.below(4) == 0 {
+            let k = self.rng.below(self.departed.len() as u64) as usize;
+            if let Some(a) = self.departed.keys().nth(k) {
+                picks.push(*a);
+            }
+        }
         let bytes = Message::Digest {
             reply: true,
-            digest: self.table.digest(),
+            digest: self.my_digest(),
         }
         .encode();
         for a in picks {
@@ -224,6 +247,11 @@ impl Node {
                         .is_some_and(|t| now < t + self.cfg.snapshot_timeout)
                 {
                     // A transfer to this peer just started; its requests drive it.
+                    return;
+                }
+                if !self.undurable.is_empty() {
+                    // The snapshot would carry own mutations not durable yet; the peer asks
+                    // again at its next anti-entropy round.
                     return;
                 }
                 let stale = self
