@@ -177,7 +177,10 @@ pub fn schedule(sim: &mut Sim) {
             );
             let crashes = (n / 10).max(2);
             for _ in 0..crashes {
-                let i = between(0, n as Micros - 1) as usize;
+                let mut i = between(0, n as Micros - 1) as usize;
+                if i == long {
+                    i = (i + 1) % n;
+                }
                 let t = between(start, work_end - 2 * SEC);
                 sim.fault_at(t, Fault::Crash(i));
                 sim.fault_at(t + between(300 * MS, 2 * SEC), Fault::Restart(i));

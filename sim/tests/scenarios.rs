@@ -46,15 +46,19 @@ fn every_scenario_passes_on_several_seeds() {
 
 #[test]
 fn a_node_down_past_the_gc_grace_comes_back_through_a_snapshot() {
-    let o = small(Scenario::CrashRestart, 4);
-    let r = Sim::new(o).run();
-    assert!(r.violations.is_empty() && r.converged, "{:?}", r.violations);
-    let resets: u64 = r.lines[0]
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("resets="))
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    assert!(resets >= 1, "{}", r.lines[0]);
+    // The crash-restart scenario keeps one node down for longer than the GC grace; when the
+    // others' floor has passed its vector it must take a snapshot (and still lose nothing).
+    let mut resets = 0;
+    for seed in 1..=3 {
+        let r = Sim::new(small(Scenario::CrashRestart, seed)).run();
+        assert!(r.violations.is_empty() && r.converged, "{:?}", r.violations);
+        resets += r.lines[0]
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("resets="))
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(resets >= 1, "no snapshot reset in three runs");
 }
 
 #[test]
