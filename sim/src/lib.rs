@@ -363,9 +363,6 @@ impl Sim {
         cfg.swim.probe_rtt = Duration::from_millis(100);
         cfg.swim.suspect_to_down_after = Duration::from_secs(3);
         cfg.swim.remove_down_after = Some(Duration::from_secs(30));
-        if self.opts.nodes > 200 {
-            cfg.swim.periodic_gossip = None;
-        }
         cfg
     }
 
@@ -791,7 +788,7 @@ impl Sim {
                 self.start_node(i);
             }
         }
-        let first_mut = SEC;
+        let first_mut = self.opts.warmup;
         self.at(first_mut, Ev::Mutate);
         self.at(COMMIT_INTERVAL, Ev::Commit);
         if self.opts.checkpoints {

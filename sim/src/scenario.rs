@@ -85,6 +85,8 @@ pub struct Opts {
     pub checkpoints: bool,
     /// Nodes that start later (join).
     pub late_joiners: Vec<usize>,
+    /// When the workload starts (membership forms first), µs.
+    pub warmup: Micros,
     /// How long a member declared down still holds GC back, µs.
     pub gc_grace: Micros,
     /// A planted bug: node 0's merge ignores removals (tombstone records are stripped from
@@ -100,7 +102,7 @@ impl Opts {
             Scenario::Gc => 60.0,
             Scenario::PartitionHeal | Scenario::Oneway | Scenario::Churn => 16.0,
             Scenario::CrashRestart => 14.0,
-            Scenario::Big => 8.0,
+            Scenario::Big => 12.0,
             _ => 10.0,
         };
         let secs = duration_s.unwrap_or(default_s).max(6.0);
@@ -121,6 +123,7 @@ impl Opts {
             checkpoints: matches!(scenario, Scenario::CrashRestart | Scenario::Churn),
             late_joiners: Vec::new(),
             bug_ignore_removals: false,
+            warmup: if nodes > 200 { 5 * SEC } else { SEC },
             // Crash-restart uses a short grace so a long outage exercises snapshot resets.
             gc_grace: if scenario == Scenario::CrashRestart {
                 3 * SEC

@@ -218,6 +218,8 @@ pub struct Node {
     undurable: VecDeque<(u64, Record)>,
     /// Own mutations up to this seq are durable and may leave the node.
     durable: u64,
+    /// Our digest (as peers may see it) and its hash, until something changes it.
+    digest_cache: Option<(crate::table::Digest, u64)>,
     /// Round-robin cursor over peers for anti-entropy.
     ae_cursor: Option<SocketAddr>,
     push_bytes: usize,
@@ -260,6 +262,7 @@ impl Node {
             undurable: VecDeque::new(),
             durable,
             ae_cursor: None,
+            digest_cache: None,
             push_bytes: 0,
             push_deadline: None,
             next_ae: Duration::ZERO,
@@ -322,6 +325,7 @@ impl Node {
     /// they may be pushed and served to peers.
     pub fn mark_durable(&mut self, seq: u64) {
         self.durable = self.durable.max(seq.min(self.table.counter()));
+        self.digest_cache = None;
         let mut any = false;
         while self
             .undurable

@@ -27,7 +27,14 @@ impl Node {
     /// Our digest as peers may see it: never claiming own mutations that are not durable
     /// yet. A peer that believed we had them could raise its GC floor past a seq that a crash
     /// makes us reuse, and then drop the new mutation as already collected.
-    pub(super) fn my_digest(&self) -> Digest {
+    pub(super) fn my_digest(&mut self) -> Digest {
+        self.my_digest_and_hash().0
+    }
+
+    fn my_digest_and_hash(&mut self) -> (Digest, u64) {
+        if let Some(c) = &self.digest_cache {
+            return c.clone();
+        }
         let mut d = self.table.digest();
         let me = self.me.replica;
         if let Some(v) = d.vv.0.get_mut(&me) {
@@ -36,7 +43,10 @@ impl Node {
         if let Some(c) = d.cloud.get_mut(&me) {
             c.retain(|s| *s <= self.durable);
         }
-        d
+        d.cloud.retain(|_, c| !c.is_empty());
+        let h = super::wire::digest_hash(&d);
+        self.digest_cache = Some((d.clone(), h));
+        (d, h)
     }
 
     pub(super) fn queue_push(&mut self, rec: Record) {
@@ -94,6 +104,22 @@ impl Node {
                 data,
             } => self.on_snap_chunk(from, id, offset, total, data),
             Message::SnapReq { id, offset } => self.serve_snapshot(from, Some((id, offset))),
+            Message::Summary { hash } => {
+                let (mine, h) = self.my_digest_and_hash();
+                if h == hash {
+                    // Same digest: nothing to exchange, and we now know its vector.
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.behind = 0;
+                        p.vv = Some(mine.vv);
+                    }
+                } else {
+                    let m = Message::Digest {
+                        reply: true,
+                        digest: mine,
+                    };
+                    self.send(from, Channel::Stream, m.encode());
+                }
+            }
         }
     }
 
@@ -111,6 +137,9 @@ impl Node {
         match res {
             Ok(out) => {
                 self.stats.records_merged += 1;
+                if out.new_dots > 0 {
+                    self.digest_cache = None;
+                }
                 if out.changed {
                     self.event(Event::PathChanged(rec.path.clone()));
                 }
@@ -200,9 +229,8 @@ impl Node {
                 picks.push(*a);
             }
         }
-        let bytes = Message::Digest {
-            reply: true,
-            digest: self.my_digest(),
+        let bytes = Message::Summary {
+            hash: self.my_digest_and_hash().1,
         }
         .encode();
         for a in picks {
@@ -394,6 +422,7 @@ impl Node {
         let res = self.table.reset_from(snap).map_err(|e| e.to_string());
         match res {
             Ok(reproposed) => {
+                self.digest_cache = None;
                 for s in &extra {
                     if let Err(e) = self.table.merge_shipped(s) {
                         tracing::warn!(error = %e, "record refused after reset");

@@ -77,6 +77,12 @@ pub enum Message {
         /// The bytes.
         data: Vec<u8>,
     },
+    /// Anti-entropy opener: a hash of the sender's digest. Equal to the receiver's: nothing
+    /// to exchange. Different: the receiver answers with its full digest.
+    Summary {
+        /// [`digest_hash`] of the sender's digest.
+        hash: u64,
+    },
     /// Asks for the snapshot transfer `id` from `offset` on (resume or flow control).
     SnapReq {
         /// Transfer id.
@@ -152,6 +158,10 @@ impl Message {
                 w.u64(*id);
                 w.varint(*offset);
             }
+            Message::Summary { hash } => {
+                w.u8(6);
+                w.u64(*hash);
+            }
         }
         w.into_bytes()
     }
@@ -226,6 +236,7 @@ impl Message {
                 id: r.u64()?,
                 offset: r.varint()?,
             },
+            6 => Message::Summary { hash: r.u64()? },
             t => return Err(WireError::Type(t)),
         };
         if !r.is_empty() {
@@ -233,6 +244,29 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// A deterministic 64-bit hash of a digest (version vector and cloud), for
+/// [`Message::Summary`]. Not cryptographic: a collision only delays one anti-entropy round.
+pub fn digest_hash(d: &Digest) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= h >> 29;
+    };
+    for (r, s) in &d.vv.0 {
+        mix(r.0);
+        mix(*s);
+    }
+    mix(u64::MAX);
+    for (r, c) in &d.cloud {
+        mix(r.0);
+        for s in c {
+            mix(*s);
+        }
+    }
+    h
 }
 
 fn get_bool(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
@@ -291,6 +325,7 @@ mod tests {
                 data: vec![9; 8],
             },
             Message::SnapReq { id: 5, offset: 3 },
+            Message::Summary { hash: 77 },
         ]
     }
 
