@@ -44,6 +44,12 @@ pub struct NetModel {
     pub bandwidth: u64,
     /// Most egress backlog a node's NIC buffers before tail-dropping.
     pub tx_buffer: Micros,
+    /// Whether sync messages (QUIC streams) are lost like datagrams. `false`: a lost stream
+    /// packet is retransmitted after a probe timeout (QUIC is reliable), so loss delays it;
+    /// only after 5 losses in a row is it gone (the connection broke).
+    pub raw_stream_loss: bool,
+    /// QUIC probe timeout for retransmissions (max_ack_delay 25 ms plus the RTT).
+    pub pto: Micros,
 }
 
 impl Default for NetModel {
@@ -56,6 +62,8 @@ impl Default for NetModel {
             reorder: 0.0,
             bandwidth: 1_250_000_000,
             tx_buffer: 50 * MS,
+            raw_stream_loss: false,
+            pto: 27 * MS,
         }
     }
 }
@@ -168,6 +176,9 @@ struct SimNode {
     replica: ReplicaId,
     generation: u32,
     inbound: VecDeque<(usize, Vec<u8>)>,
+    /// SWIM datagrams: their own (bounded) queue, served first, as a runtime that reads
+    /// datagrams apart from sync streams would.
+    inbound_swim: VecDeque<(usize, Vec<u8>)>,
     busy: bool,
     paused: bool,
     /// Leaving gracefully: no more writes; exits by this time at the latest.
@@ -199,9 +210,8 @@ pub struct Mutation {
     pub acked: bool,
     /// Lost in a crash before being synced.
     pub lost: bool,
-    reached: Vec<u64>,
-    reached_n: u32,
-    last_reach: Micros,
+    /// Per node, when it first learned the mutation (`Micros::MAX`: not yet).
+    reached: Vec<Micros>,
 }
 
 /// Totals over a run.
@@ -251,6 +261,8 @@ pub struct Sim {
     pub converged_at: Option<Micros>,
     /// Log lines (deterministic).
     pub log: Vec<String>,
+    /// Nodes slowed, paused or crashed at some point (excluded from the healthy latency).
+    pub impaired: std::collections::BTreeSet<usize>,
     /// When membership-disturbing faults happened (they hold GC back for the grace period).
     pub disruptions: Vec<Micros>,
 }
@@ -291,6 +303,7 @@ impl Sim {
                 replica: ReplicaId(rng.next_word() | 1),
                 generation: 0,
                 inbound: VecDeque::new(),
+                inbound_swim: VecDeque::new(),
                 busy: false,
                 paused: false,
                 leaving: None,
@@ -324,6 +337,7 @@ impl Sim {
             converged_at: None,
             log: Vec::new(),
             disruptions: Vec::new(),
+            impaired: Default::default(),
             opts,
         }
     }
@@ -392,6 +406,7 @@ impl Sim {
         sn.busy = false;
         sn.paused = false;
         sn.inbound.clear();
+        sn.inbound_swim.clear();
         self.kick(i);
     }
 
@@ -429,11 +444,8 @@ impl Sim {
         for d in applied {
             if let Some(&m) = self.by_dot.get(&d) {
                 let mu = &mut self.muts[m];
-                let w = &mut mu.reached[i / 64];
-                if *w & (1 << (i % 64)) == 0 {
-                    *w |= 1 << (i % 64);
-                    mu.reached_n += 1;
-                    mu.last_reach = now;
+                if mu.reached[i] == Micros::MAX {
+                    mu.reached[i] = now;
                 }
             }
         }
@@ -490,16 +502,26 @@ impl Sim {
         let tx = (len * SEC).div_ceil(self.net.bandwidth.max(1));
         sn.tx_free = start + tx;
         let depart = start + tx;
-        if self.blocked(from, to) || self.rand_f() < self.net.loss {
+        if self.blocked(from, to) {
             self.counters.net_dropped += 1;
             return;
         }
+        let stream = bytes.get(5) != Some(&0);
+        let mut retrans = 0;
+        while self.rand_f() < self.net.loss {
+            retrans += 1;
+            if !stream || self.net.raw_stream_loss || retrans > 5 {
+                self.counters.net_dropped += 1;
+                return;
+            }
+        }
+        let depart = depart + retrans * self.net.pto;
         let span = self.net.lat_max.saturating_sub(self.net.lat_min);
         let mut lat = self.net.lat_min + self.rng.below(span + 1);
         if self.net.reorder > 0.0 && self.rand_f() < self.net.reorder {
             lat += self.rng.below(5 * self.net.lat_max + 1);
         }
-        if self.net.dup > 0.0 && self.rand_f() < self.net.dup {
+        if !stream && self.net.dup > 0.0 && self.rand_f() < self.net.dup {
             let extra = self.rng.below(self.net.lat_max + 1);
             self.at(
                 depart + lat + extra,
@@ -518,7 +540,7 @@ impl Sim {
         if sn.busy || sn.paused || sn.life != Life::Up {
             return;
         }
-        let Some((_, b)) = sn.inbound.front() else {
+        let Some((_, b)) = sn.inbound_swim.front().or(sn.inbound.front()) else {
             return;
         };
         let cost = sn.service + (b.len() as u64 * sn.service) / 4096;
@@ -612,8 +634,8 @@ impl Sim {
         sn.disk.journal.push(rec.clone());
         let m = self.muts.len();
         sn.pending_ack.push(m);
-        let mut reached = vec![0u64; nn.div_ceil(64)];
-        reached[i / 64] |= 1 << (i % 64);
+        let mut reached = vec![Micros::MAX; nn];
+        reached[i] = self.now;
         self.muts.push(Mutation {
             origin: i,
             dot,
@@ -624,8 +646,6 @@ impl Sim {
             acked: false,
             lost: false,
             reached,
-            reached_n: 1,
-            last_reach: self.now,
         });
         self.by_dot.insert(dot, m);
     }
@@ -639,6 +659,7 @@ impl Sim {
         sn.node = None;
         sn.life = Life::Crashed;
         sn.inbound.clear();
+        sn.inbound_swim.clear();
         sn.busy = false;
         sn.epoch += 1;
         sn.timer_at = None;
@@ -679,6 +700,9 @@ impl Sim {
                 | Fault::Restart(_)
         ) {
             self.disruptions.push(self.now);
+        }
+        if let Fault::Crash(i) | Fault::Pause(i) | Fault::Service(i, _) | Fault::Join(i) = f {
+            self.impaired.insert(i);
         }
         match f {
             Fault::Net(n) => self.net = n,
@@ -813,11 +837,17 @@ impl Sim {
                         bytes
                     };
                     let sn = &mut self.nodes[to];
-                    if sn.inbound.len() >= self.opts.inbound_cap {
+                    let swim = bytes.get(5) == Some(&0);
+                    let q = if swim {
+                        &mut sn.inbound_swim
+                    } else {
+                        &mut sn.inbound
+                    };
+                    if q.len() >= self.opts.inbound_cap {
                         self.counters.inbound_dropped += 1;
                         continue;
                     }
-                    sn.inbound.push_back((from, bytes));
+                    q.push_back((from, bytes));
                     self.start_service(to);
                 }
                 Ev::Served { node, epoch } => {
@@ -826,7 +856,11 @@ impl Sim {
                         continue;
                     }
                     sn.busy = false;
-                    let Some((from, bytes)) = sn.inbound.pop_front() else {
+                    let Some((from, bytes)) = sn
+                        .inbound_swim
+                        .pop_front()
+                        .or_else(|| sn.inbound.pop_front())
+                    else {
                         continue;
                     };
                     let from_addr = self.nodes[from].addr;
@@ -911,11 +945,17 @@ impl Sim {
         self.nodes.len()
     }
 
-    /// Whether node `i` reached mutation `m` (for latency).
-    pub fn latency_of(&self, m: &Mutation, live: &[usize]) -> Option<Micros> {
-        let all = live
-            .iter()
-            .all(|&i| m.reached[i / 64] & (1 << (i % 64)) != 0);
-        all.then(|| m.last_reach - m.at)
+    /// Propagation latency of `m` to the nodes `to` (from its proposal to the last of them
+    /// learning it), `None` if one of them never did.
+    pub fn latency_of(&self, m: &Mutation, to: &[usize]) -> Option<Micros> {
+        let mut last = m.at;
+        for &i in to {
+            let t = m.reached[i];
+            if t == Micros::MAX {
+                return None;
+            }
+            last = last.max(t);
+        }
+        Some(last - m.at)
     }
 }

@@ -26,6 +26,12 @@ struct Cli {
     /// Mutations per second, cluster-wide (default per scenario).
     #[arg(long)]
     rate: Option<f64>,
+    /// Mean anti-entropy interval, ms (default 200).
+    #[arg(long)]
+    ae_ms: Option<u64>,
+    /// In lossy runs, lose sync messages like datagrams (no QUIC retransmission).
+    #[arg(long)]
+    raw_loss: bool,
     /// Disable anti-entropy (the checker must then report the damage).
     #[arg(long)]
     no_anti_entropy: bool,
@@ -48,6 +54,10 @@ fn main() -> ExitCode {
         opts.rate = r;
     }
     opts.no_anti_entropy = cli.no_anti_entropy;
+    opts.raw_stream_loss = cli.raw_loss;
+    if let Some(ms) = cli.ae_ms {
+        opts.ae_interval = ms.max(1) * 1000;
+    }
     let started = Instant::now();
     let sim = Sim::new(opts);
     let (report, log) = sim.run_with_log();

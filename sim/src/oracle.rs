@@ -104,8 +104,13 @@ pub fn check(sim: &Sim) -> Report {
                             .map(|(p, k)| format!("{p}: node {i0} None, node {i} {k:?}"))
                     })
                     .unwrap_or_default();
+                let st = live
+                    .iter()
+                    .find(|(k, _)| k == i)
+                    .map(|(_, n)| format!("{:?} {:?}", n.stats(), n.table().stats()))
+                    .unwrap_or_default();
                 v.push(format!(
-                    "not converged: node {i} differs from node {i0} at {diff}"
+                    "not converged: node {i} differs from node {i0} at {diff} [node {i}: {st}]"
                 ));
                 break;
             }
@@ -221,6 +226,18 @@ pub fn check(sim: &Sim) -> Report {
         }
     }
     lat.sort_unstable();
+    let healthy: Vec<usize> = live_idx
+        .iter()
+        .copied()
+        .filter(|i| !sim.impaired.contains(i))
+        .collect();
+    let mut hlat: Vec<Micros> = sim
+        .muts
+        .iter()
+        .filter(|m| !m.lost && !sim.impaired.contains(&m.origin))
+        .filter_map(|m| sim.latency_of(m, &healthy))
+        .collect();
+    hlat.sort_unstable();
     let nodes = sim.node_count();
     let muts = sim.muts.len().max(1) as f64;
     let c = &sim.counters;
@@ -248,6 +265,13 @@ pub fn check(sim: &Sim) -> Report {
         format!(
             "net_dropped={} inbound_dropped={} sync_bytes={} sync_msgs={} swim_bytes={}",
             c.net_dropped, c.inbound_dropped, c.sync_bytes, c.sync_msgs, c.swim_bytes
+        ),
+        format!(
+            "healthy_nodes={} healthy_p50_ms={:.3} healthy_p99_ms={:.3} healthy_max_ms={:.3}",
+            healthy.len(),
+            pct(&hlat, 0.5),
+            pct(&hlat, 0.99),
+            hlat.last().map_or(0.0, |x| *x as f64 / 1000.0)
         ),
         format!(
             "converge_ms_after_heal={} max_tombstones={max_tomb} max_cloud={max_cloud} max_indexed={max_indexed} live_paths={}",

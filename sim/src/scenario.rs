@@ -87,6 +87,9 @@ pub struct Opts {
     pub late_joiners: Vec<usize>,
     /// When the workload starts (membership forms first), µs.
     pub warmup: Micros,
+    /// Sync messages are lost like datagrams instead of retransmitted (QUIC off): only
+    /// anti-entropy repairs them.
+    pub raw_stream_loss: bool,
     /// How long a member declared down still holds GC back, µs.
     pub gc_grace: Micros,
     /// A planted bug: node 0's merge ignores removals (tombstone records are stripped from
@@ -112,7 +115,7 @@ impl Opts {
             seed,
             duration: (secs * SEC as f64) as Micros,
             rate: match scenario {
-                Scenario::Overload => 1500.0,
+                Scenario::Overload => 3000.0,
                 Scenario::Big => 100.0,
                 _ => 200.0,
             },
@@ -123,6 +126,7 @@ impl Opts {
             checkpoints: matches!(scenario, Scenario::CrashRestart | Scenario::Churn),
             late_joiners: Vec::new(),
             bug_ignore_removals: false,
+            raw_stream_loss: false,
             warmup: if nodes > 200 { 5 * SEC } else { SEC },
             // Crash-restart uses a short grace so a long outage exercises snapshot resets.
             gc_grace: if scenario == Scenario::CrashRestart {
@@ -154,6 +158,7 @@ pub fn schedule(sim: &mut Sim) {
                 loss: 0.2,
                 dup: 0.02,
                 reorder: 0.05,
+                raw_stream_loss: o.raw_stream_loss,
                 ..NetModel::default()
             };
             sim.fault_at(start, Fault::Net(lossy));

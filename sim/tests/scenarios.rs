@@ -78,9 +78,17 @@ fn same_seed_same_output() {
 fn dropped_anti_entropy_under_loss_is_caught() {
     let mut o = small(Scenario::Lossy, 1);
     o.no_anti_entropy = true;
+    o.raw_stream_loss = true;
     let r = Sim::new(o).run();
     assert!(!r.converged, "{}", r.result_line());
     assert!(!r.violations.is_empty());
+}
+
+#[test]
+fn anti_entropy_alone_repairs_raw_loss() {
+    let mut o = small(Scenario::Lossy, 2);
+    o.raw_stream_loss = true;
+    run_ok(o);
 }
 
 #[test]

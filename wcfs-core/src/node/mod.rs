@@ -220,6 +220,8 @@ pub struct Node {
     durable: u64,
     /// Our digest (as peers may see it) and its hash, until something changes it.
     digest_cache: Option<(crate::table::Digest, u64)>,
+    /// Our anti-entropy pull in flight: from whom, since when.
+    pull: Option<(SocketAddr, Duration)>,
     /// Round-robin cursor over peers for anti-entropy.
     ae_cursor: Option<SocketAddr>,
     push_bytes: usize,
@@ -262,6 +264,7 @@ impl Node {
             undurable: VecDeque::new(),
             durable,
             ae_cursor: None,
+            pull: None,
             digest_cache: None,
             push_bytes: 0,
             push_deadline: None,

@@ -88,13 +88,12 @@ impl Node {
                 for s in &items {
                     self.merge_one(&s.record, &s.also);
                 }
+                if self.pull.is_some_and(|(a, _)| a == from) {
+                    self.pull = None;
+                }
                 if !complete && self.cfg.anti_entropy {
                     // Ask for the next chunk, from what we have now.
-                    let d = Message::Digest {
-                        reply: false,
-                        digest: self.my_digest(),
-                    };
-                    self.send(from, Channel::Stream, d.encode());
+                    self.start_pull(from, false);
                 }
             }
             Message::SnapChunk {
@@ -104,7 +103,7 @@ impl Node {
                 data,
             } => self.on_snap_chunk(from, id, offset, total, data),
             Message::SnapReq { id, offset } => self.serve_snapshot(from, Some((id, offset))),
-            Message::Summary { hash } => {
+            Message::Summary { hash, echo } => {
                 let (mine, h) = self.my_digest_and_hash();
                 if h == hash {
                     // Same digest: nothing to exchange, and we now know its vector.
@@ -112,12 +111,17 @@ impl Node {
                         p.behind = 0;
                         p.vv = Some(mine.vv);
                     }
-                } else {
-                    let m = Message::Digest {
-                        reply: true,
-                        digest: mine,
-                    };
-                    self.send(from, Channel::Stream, m.encode());
+                } else if self.cfg.anti_entropy {
+                    // It differs: pull from the sender (if no pull of ours is in flight) and
+                    // invite it to pull from us; if we are busy pulling, at least let it know
+                    // so it can pull from us.
+                    if !self.start_pull(from, true) && !echo {
+                        let m = Message::Summary {
+                            hash: h,
+                            echo: true,
+                        };
+                        self.send(from, Channel::Stream, m.encode());
+                    }
                 }
             }
         }
@@ -159,12 +163,8 @@ impl Node {
             p.behind = mine.vv.total().saturating_sub(digest.vv.total());
             p.vv = Some(digest.vv.clone());
         }
-        if reply {
-            let m = Message::Digest {
-                reply: false,
-                digest: mine,
-            };
-            self.send(from, Channel::Stream, m.encode());
+        if reply && self.cfg.anti_entropy {
+            self.start_pull(from, false);
         }
         if self.table.needs_reset(&digest) {
             self.serve_snapshot(from, None);
@@ -178,13 +178,31 @@ impl Node {
                 .iter()
                 .all(|e| e.dot.replica != me || e.dot.seq <= durable)
         });
-        if !chunk.items.is_empty() {
-            let m = Message::Records {
-                complete: chunk.complete,
-                items: chunk.items,
-            };
-            self.send(from, Channel::Stream, m.encode());
+        // Sent even when empty: it ends the peer's pull.
+        let m = Message::Records {
+            complete: chunk.complete,
+            items: chunk.items,
+        };
+        self.send(from, Channel::Stream, m.encode());
+    }
+
+    /// Asks `from` for what we lack by sending our digest, unless a pull of ours is already
+    /// in flight: records reach a node only at the pace it asks for them, so a slow node
+    /// is never flooded by peers that all noticed it is behind. `reply` invites the peer to
+    /// pull from us in turn.
+    pub(super) fn start_pull(&mut self, from: SocketAddr, reply: bool) -> bool {
+        let now = self.now;
+        let timeout = self.cfg.ae_interval / 4;
+        if self.pull.is_some_and(|(_, since)| now < since + timeout) {
+            return false;
         }
+        self.pull = Some((from, now));
+        let m = Message::Digest {
+            reply,
+            digest: self.my_digest(),
+        };
+        self.send(from, Channel::Stream, m.encode());
+        true
     }
 
     pub(super) fn anti_entropy_round(&mut self) {
@@ -231,6 +249,7 @@ impl Node {
         }
         let bytes = Message::Summary {
             hash: self.my_digest_and_hash().1,
+            echo: false,
         }
         .encode();
         for a in picks {

@@ -82,6 +82,8 @@ pub enum Message {
     Summary {
         /// [`digest_hash`] of the sender's digest.
         hash: u64,
+        /// An answer to a summary (never answered itself, so summaries cannot ping-pong).
+        echo: bool,
     },
     /// Asks for the snapshot transfer `id` from `offset` on (resume or flow control).
     SnapReq {
@@ -158,9 +160,10 @@ impl Message {
                 w.u64(*id);
                 w.varint(*offset);
             }
-            Message::Summary { hash } => {
+            Message::Summary { hash, echo } => {
                 w.u8(6);
                 w.u64(*hash);
+                w.u8(u8::from(*echo));
             }
         }
         w.into_bytes()
@@ -236,7 +239,10 @@ impl Message {
                 id: r.u64()?,
                 offset: r.varint()?,
             },
-            6 => Message::Summary { hash: r.u64()? },
+            6 => Message::Summary {
+                hash: r.u64()?,
+                echo: get_bool(&mut r)?,
+            },
             t => return Err(WireError::Type(t)),
         };
         if !r.is_empty() {
@@ -325,7 +331,10 @@ mod tests {
                 data: vec![9; 8],
             },
             Message::SnapReq { id: 5, offset: 3 },
-            Message::Summary { hash: 77 },
+            Message::Summary {
+                hash: 77,
+                echo: true,
+            },
         ]
     }
 
