@@ -89,6 +89,26 @@ pub fn check(sim: &Sim) -> Report {
         .iter()
         .map(|(i, n)| (*i, live_map(n.table())))
         .collect();
+    let first_mut = |p: &str| {
+        let all: Vec<String> = sim
+            .muts
+            .iter()
+            .filter(|m| m.path.to_string() == p)
+            .take(6)
+            .map(|m| {
+                format!(
+                    "t={:.3}ms node {} {:?} dot {:?}:{} acked={}",
+                    m.at as f64 / 1000.0,
+                    m.origin,
+                    m.op,
+                    m.dot.replica,
+                    m.dot.seq,
+                    m.acked
+                )
+            })
+            .collect();
+        format!(" (mutations, first first: {})", all.join("; "))
+    };
     let mut converged = sim.converged_at.is_some();
     if let Some((i0, m0)) = maps.first() {
         for (i, m) in &maps[1..] {
@@ -97,7 +117,13 @@ pub fn check(sim: &Sim) -> Report {
                 let diff = m0
                     .iter()
                     .find(|(p, k)| m.get(*p) != Some(k))
-                    .map(|(p, k)| format!("{p}: node {i0} {k:?}, node {i} {:?}", m.get(p)))
+                    .map(|(p, k)| {
+                        format!(
+                            "{p}: node {i0} {k:?}, node {i} {:?}{}",
+                            m.get(p),
+                            first_mut(p)
+                        )
+                    })
                     .or_else(|| {
                         m.iter()
                             .find(|(p, _)| !m0.contains_key(*p))
@@ -125,26 +151,6 @@ pub fn check(sim: &Sim) -> Report {
         let _ = reference.merge(&m.rec);
     }
     let truth = live_map(&reference);
-    let first_mut = |p: &str| {
-        let all: Vec<String> = sim
-            .muts
-            .iter()
-            .filter(|m| m.path.to_string() == p)
-            .take(6)
-            .map(|m| {
-                format!(
-                    "t={:.3}ms node {} {:?} dot {:?}:{} acked={}",
-                    m.at as f64 / 1000.0,
-                    m.origin,
-                    m.op,
-                    m.dot.replica,
-                    m.dot.seq,
-                    m.acked
-                )
-            })
-            .collect();
-        format!(" (mutations, first first: {})", all.join("; "))
-    };
     if let Some((i, m)) = maps.first() {
         for (p, k) in &truth {
             if m.get(p) != Some(k) {

@@ -167,6 +167,8 @@ pub struct NodeStats {
     pub snapshots_sent: u64,
     /// Snapshots installed here.
     pub resets: u64,
+    /// Snapshots refused because they were behind our GC floor.
+    pub snapshots_refused: u64,
     /// Records merged.
     pub records_merged: u64,
     /// GC passes that freed paths.

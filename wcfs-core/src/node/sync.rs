@@ -433,6 +433,26 @@ impl Node {
                 return;
             }
         };
+        // Below our GC floor we compacted away the contexts that say what was superseded, so
+        // a snapshot holding a live entry our floor knows is dead (we saw it and no longer
+        // have it live) is staler than us there: installing it would bring that entry back.
+        let floor = self.table.floor();
+        let stale = snap.records().find_map(|rec| {
+            let ours = self.table.get(&rec.path);
+            rec.live()
+                .find(|(d, _)| {
+                    d.seq <= floor.get(d.replica)
+                        && !ours
+                            .as_ref()
+                            .is_some_and(|o| o.live().any(|(od, _)| od == *d))
+                })
+                .map(|(d, _)| (rec.path.clone(), d))
+        });
+        if let Some((path, dot)) = stale {
+            tracing::info!(%path, ?dot, "snapshot staler than our floor, refused");
+            self.stats.snapshots_refused += 1;
+            return;
+        }
         // Everything we hold that the snapshot has not seen (aliases of superseded dots
         // included) is merged into it after the reset: the snapshot's own floor and seen-set
         // drop whatever of it is stale, and the rest is news from our side that must not be
