@@ -106,10 +106,18 @@ impl Node {
             Message::Summary { hash, echo } => {
                 let (mine, h) = self.my_digest_and_hash();
                 if h == hash {
-                    // Same digest: nothing to exchange, and we now know its vector.
+                    // Same digest: nothing to exchange, and we now know its vector (GC needs
+                    // every member's); echo once so the sender learns ours too.
                     if let Some(p) = self.peers.get_mut(&from) {
                         p.behind = 0;
                         p.vv = Some(mine.vv);
+                    }
+                    if !echo {
+                        let m = Message::Summary {
+                            hash: h,
+                            echo: true,
+                        };
+                        self.send(from, Channel::Stream, m.encode());
                     }
                 } else if self.cfg.anti_entropy {
                     // It differs: pull from the sender (if no pull of ours is in flight) and
