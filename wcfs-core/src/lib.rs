@@ -10,6 +10,7 @@ pub mod codec;
 pub mod dot;
 pub mod handle;
 pub mod journal;
+pub mod node;
 pub mod path;
 pub mod record;
 pub mod snapshot;

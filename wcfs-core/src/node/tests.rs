@@ -1,0 +1,196 @@
+//! A tiny in-process driver: perfect network with a fixed delay, to test the engine alone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000))
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    /// (deliver at, seq) -> (to, from, bytes)
+    wire: BTreeMap<(Duration, u64), (usize, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    now: Duration,
+    cut: Option<usize>,
+}
+
+impl Net {
+    fn new(n: usize, ae: bool) -> Net {
+        let nodes = (0..n)
+            .map(|i| {
+                let mut cfg = Config::new(n as u32);
+                cfg.seeds = vec![addr(0)];
+                cfg.anti_entropy = ae;
+                let id = Identity {
+                    addr: addr(i),
+                    replica: ReplicaId(100 + i as u64),
+                    generation: 0,
+                };
+                Node::new(
+                    cfg,
+                    id,
+                    Table::new(ReplicaId(100 + i as u64), i as u64),
+                    i as u64,
+                )
+            })
+            .collect();
+        Net {
+            nodes,
+            wire: BTreeMap::new(),
+            seq: 0,
+            now: Duration::ZERO,
+            cut: None,
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(t) = self.nodes[i].poll_transmit() {
+            let to = (t
+                .to
+                .ip()
+                .to_string()
+                .rsplit('.')
+                .next()
+                .unwrap()
+                .parse::<usize>())
+            .unwrap()
+                - 1;
+            if self.cut == Some(to) || self.cut == Some(i) {
+                continue;
+            }
+            self.seq += 1;
+            self.wire.insert(
+                (self.now + Duration::from_micros(300), self.seq),
+                (to, addr(i), t.bytes),
+            );
+        }
+        while self.nodes[i].poll_event().is_some() {}
+    }
+
+    fn run_until(&mut self, end: Duration) {
+        loop {
+            let next_timer = (0..self.nodes.len())
+                .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
+                .min();
+            let next_msg = self.wire.first_key_value().map(|(k, _)| k.0);
+            let t = match (next_timer, next_msg) {
+                (Some((t, _)), Some(m)) => t.min(m),
+                (Some((t, _)), None) => t,
+                (None, Some(m)) => m,
+                (None, None) => break,
+            };
+            if t > end {
+                break;
+            }
+            self.now = t;
+            if next_msg == Some(t) {
+                let (_, (to, from, bytes)) = self.wire.pop_first().unwrap();
+                self.nodes[to].handle(t, from, &bytes);
+                self.drain(to);
+            } else {
+                let i = next_timer.unwrap().1;
+                self.nodes[i].handle_timeout(t);
+                self.drain(i);
+            }
+        }
+        self.now = end;
+    }
+
+    fn live(&self, i: usize) -> Vec<(String, Option<Kind>)> {
+        let mut v: Vec<_> = self.nodes[i]
+            .table()
+            .records()
+            .map(|r| (r.path.to_string(), r.live().map(|(_, k)| k).min()))
+            .filter(|(_, k)| k.is_some())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+use crate::dot::Kind;
+
+fn p(s: &str) -> WPath {
+    WPath::new(s.as_bytes()).unwrap()
+}
+
+#[test]
+fn members_join_and_a_push_reaches_everyone_fast() {
+    let mut net = Net::new(4, true);
+    net.run_until(Duration::from_secs(3));
+    for n in &net.nodes {
+        assert_eq!(
+            n.members().len(),
+            3,
+            "{:?} sees {:?}",
+            n.identity(),
+            n.members()
+        );
+    }
+    net.nodes[2].propose(&p("up/a.jpg"), Op::MarkRw).unwrap();
+    net.nodes[2].mark_durable(u64::MAX);
+    net.drain(2);
+    let t0 = net.now;
+    net.run_until(t0 + Duration::from_millis(3));
+    for i in 0..4 {
+        assert_eq!(
+            net.nodes[i].table().resolve(&p("up/a.jpg")),
+            crate::table::Resolution::Rw
+        );
+    }
+}
+
+#[test]
+fn nothing_leaves_before_it_is_durable() {
+    let mut net = Net::new(2, true);
+    net.run_until(Duration::from_secs(3));
+    net.nodes[0].propose(&p("a"), Op::MarkRw).unwrap();
+    let t = net.now;
+    net.run_until(t + Duration::from_secs(1));
+    assert_eq!(
+        net.nodes[1].table().resolve(&p("a")),
+        crate::table::Resolution::Ro
+    );
+    net.nodes[0].mark_durable(1);
+    net.drain(0);
+    let t = net.now;
+    net.run_until(t + Duration::from_millis(2));
+    assert_eq!(
+        net.nodes[1].table().resolve(&p("a")),
+        crate::table::Resolution::Rw
+    );
+}
+
+#[test]
+fn anti_entropy_repairs_a_node_that_missed_pushes() {
+    for ae in [true, false] {
+        let mut net = Net::new(3, ae);
+        net.run_until(Duration::from_secs(3));
+        net.cut = Some(1);
+        for k in 0..20 {
+            net.nodes[0]
+                .propose(&p(&format!("c/{k}")), Op::MarkRw)
+                .unwrap();
+        }
+        net.nodes[0].mark_durable(u64::MAX);
+        net.drain(0);
+        let t = net.now;
+        net.run_until(t + Duration::from_millis(50));
+        net.nodes[2].propose(&p("c/0"), Op::Forget).unwrap();
+        net.nodes[2].mark_durable(u64::MAX);
+        net.drain(2);
+        let t = net.now;
+        net.run_until(t + Duration::from_millis(50));
+        net.cut = None;
+        let t = net.now;
+        net.run_until(t + Duration::from_secs(2));
+        assert_eq!(net.live(0), net.live(2));
+        assert_eq!(net.live(0).len(), 19);
+        assert_eq!(net.live(0) == net.live(1), ae, "anti-entropy {ae}");
+    }
+}
