@@ -411,6 +411,35 @@ pub fn read(r: &mut impl Read, total_len: u64) -> Result<Table, SnapshotError> {
     Ok(t)
 }
 
+/// Rebuilds every node's child list from the parent links (children in index order). Side
+/// arrays of 4 bytes per node take the random accesses, not the 48-byte nodes.
+fn rebuild_child_lists(t: &mut Tree, free: &[u64]) {
+    let n = t.nodes.len;
+    let is_free = |i: usize| free[i / 64] & (1 << (i % 64)) != 0;
+    let mut heads = vec![NIL; n];
+    let mut prevs = vec![NIL; n];
+    for i in (1..n).rev() {
+        if is_free(i) {
+            continue;
+        }
+        let p = t.nodes.get(i).parent as usize;
+        let next = heads[p];
+        if next != NIL {
+            prevs[next as usize] = i as u32;
+        }
+        heads[p] = i as u32;
+        t.nodes.get_mut(i).next_sibling = next;
+    }
+    for (i, (&h, &pv)) in heads.iter().zip(&prevs).enumerate() {
+        if i != 0 && is_free(i) {
+            continue;
+        }
+        let nd = t.nodes.get_mut(i);
+        nd.first_child = h;
+        nd.prev_sibling = pv;
+    }
+}
+
 fn check_entry(p: Packed, n_rep: usize) -> Result<(), SnapshotError> {
     if p.ridx() as usize >= n_rep
         || p.seq() == 0
@@ -437,17 +466,14 @@ fn validate_tree(
     let bad = |what: &str, id: usize| SnapshotError::Invalid(format!("node {id}: {what}"));
     let n = t.nodes.len;
     let root = *t.nodes.get(0);
-    if root.parent != NIL
-        || root.prev_sibling != NIL
-        || root.next_sibling != NIL
-        || root.state != 0
-        || root.hash != 0
-    {
+    if root.parent != NIL || root.state != 0 || root.hash != 0 {
         return Err(bad("root malformed", 0));
     }
     // One pass over the nodes: free ones are collected (and chained into the free list),
-    // live ones checked. That no live node links to a free one is checked at the end, from a
-    // bitmap of link targets and a bitmap of free nodes (both small enough to stay in cache).
+    // live ones checked. That no live node's parent is free is checked at the end, from a
+    // bitmap of parents and a bitmap of free nodes (both small enough to stay in cache). The
+    // stored child lists are not trusted at all: they are rebuilt from the parent links, so
+    // the two agree by construction.
     let words = n.div_ceil(64);
     let mut free = vec![0u64; words];
     let mut linked = vec![0u64; words];
@@ -457,10 +483,6 @@ fn validate_tree(
         }
     };
     let in_range = |x: u32| x == NIL || (x as usize) < n;
-    if !in_range(root.first_child) {
-        return Err(bad("root's first child out of range", 0));
-    }
-    mark(&mut linked, root.first_child);
     t.free_head = NIL;
     let mut path_len: Vec<u16> = vec![0; n];
     let mut live = 1usize;
@@ -478,17 +500,10 @@ fn validate_tree(
             continue;
         }
         live += 1;
-        if nd.parent == NIL
-            || !in_range(nd.parent)
-            || !in_range(nd.first_child)
-            || !in_range(nd.next_sibling)
-            || !in_range(nd.prev_sibling)
-        {
-            return Err(bad("link out of range", i));
+        if nd.parent == NIL || !in_range(nd.parent) {
+            return Err(bad("parent out of range", i));
         }
-        for x in [nd.parent, nd.first_child, nd.next_sibling, nd.prev_sibling] {
-            mark(&mut linked, x);
-        }
+        mark(&mut linked, nd.parent);
         let len = nd.name[0] as usize;
         let name = match nd.arena_off() {
             None => &nd.name[1..1 + len],
@@ -559,9 +574,10 @@ fn validate_tree(
     }
     if free.iter().zip(&linked).any(|(f, l)| f & l != 0) {
         return Err(SnapshotError::Invalid(
-            "a live node links to a free node".into(),
+            "a live node's parent is free".into(),
         ));
     }
+    rebuild_child_lists(t, &free);
     let is_free = |x: u32| free[x as usize / 64] & (1 << (x % 64)) != 0;
     if used_overflow.iter().filter(|u| **u).count() + of.free.len() != of.lists.len() {
         return Err(SnapshotError::Invalid(

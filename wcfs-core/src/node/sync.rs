@@ -461,20 +461,11 @@ impl Node {
             self.stats.snapshots_refused += 1;
             return;
         }
-        // Everything we hold that the snapshot has not seen (aliases of superseded dots
-        // included) is merged into it after the reset: the snapshot's own floor and seen-set
-        // drop whatever of it is stale, and the rest is news from our side that must not be
-        // lost (nor leave holes in everyone's version vectors).
-        let extra = self.table.records_since(&snap.digest(), usize::MAX).items;
+        // reset_from carries over everything we hold that the snapshot has not seen.
         let res = self.table.reset_from(snap).map_err(|e| e.to_string());
         match res {
             Ok(reproposed) => {
                 self.digest_cache = None;
-                for s in &extra {
-                    if let Err(e) = self.table.merge_shipped(s) {
-                        tracing::warn!(error = %e, "record refused after reset");
-                    }
-                }
                 self.stats.resets += 1;
                 self.event(Event::Reset);
                 let (me, durable) = (self.me.replica, self.durable);

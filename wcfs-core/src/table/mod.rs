@@ -178,21 +178,30 @@ impl Table {
     }
 
     /// Replaces this table's state with `snapshot` (a peer's table, taken because this replica
-    /// fell below the GC floor), keeping this replica's identity and counter. This replica's
-    /// own mutations that the snapshot has not seen are merged back in, with their original
-    /// dots and contexts, so nothing acknowledged here is lost and add-wins still holds;
-    /// their records are returned for shipping to peers.
+    /// fell below the GC floor), keeping this replica's identity and counter. Everything this
+    /// table holds that the snapshot has not seen is merged back in with its original dots and
+    /// contexts — this replica's own mutations and anything it relayed, superseded dots as
+    /// aliases — so nothing acknowledged here is lost, add-wins still holds, and no version
+    /// vector is left with a hole. Returns those records, for shipping to peers.
     pub fn reset_from(&mut self, mut snapshot: Table) -> Result<Vec<Record>, TableError> {
         let me = self.me;
         let snap_me = snapshot.intern(me)?;
-        let mine: Vec<Record> = self
-            .records()
-            .filter(|r| {
-                r.entries
-                    .iter()
-                    .any(|e| e.dot.replica == me && !snapshot.seen.contains(snap_me, e.dot.seq))
-            })
-            .collect();
+        let seen = snapshot.digest();
+        // Dots above our floor come from the index; own mutations are also looked for in the
+        // whole table, in case the snapshot lacks one our floor had already passed.
+        let mut carry = self.records_since(&seen, usize::MAX).items;
+        carry.extend(
+            self.records()
+                .filter(|r| {
+                    r.entries
+                        .iter()
+                        .any(|e| e.dot.replica == me && !seen.has_seen(e.dot))
+                })
+                .map(|record| Shipped {
+                    record,
+                    also: Vec::new(),
+                }),
+        );
         let counter = self.counter.max(snapshot.seen.vv[snap_me as usize]);
         let counter = counter.max(
             snapshot.seen.cloud[snap_me as usize]
@@ -204,10 +213,14 @@ impl Table {
         snapshot.me_idx = snap_me;
         snapshot.counter = counter;
         *self = snapshot;
-        for r in &mine {
-            self.merge(r)?;
+        let mut out = Vec::with_capacity(carry.len());
+        for s in carry {
+            self.merge_shipped(&s)?;
+            if !out.iter().any(|r: &Record| r.path == s.record.path) {
+                out.push(s.record);
+            }
         }
-        Ok(mine)
+        Ok(out)
     }
 
     fn intern(&mut self, r: ReplicaId) -> Result<u16, TableError> {
