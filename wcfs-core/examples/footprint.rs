@@ -47,6 +47,35 @@ fn heap() -> usize {
     ALLOCATED.load(Ordering::Relaxed)
 }
 
+/// The machine's memory latency: one random, dependent load over a 1 GiB array (a pointer
+/// chase through a single random cycle). A cold lookup at this scale cannot beat it.
+fn dependent_load_ns() -> f64 {
+    let n: usize = 1 << 27;
+    let mut next: Vec<u64> = vec![0; n];
+    // Sattolo's algorithm: a random permutation that is one cycle, so the chase visits it all.
+    let mut order: Vec<u64> = (0..n as u64).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % i as u64) as usize);
+    }
+    for w in order.windows(2) {
+        next[w[0] as usize] = w[1];
+    }
+    next[order[n - 1] as usize] = order[0];
+    drop(order);
+    let mut p = 0usize;
+    let k = 5_000_000;
+    let t = Instant::now();
+    for _ in 0..k {
+        p = next[p] as usize;
+    }
+    black_box(p);
+    t.elapsed().as_nanos() as f64 / k as f64
+}
+
 fn main() {
     let mut entries: u64 = 1_000_000;
     let mut anchor = false;
@@ -200,5 +229,7 @@ fn main() {
             t.elapsed().as_nanos() as f64 / paths.len() as f64
         );
         black_box(hits);
+        drop(map);
+        println!("anchor_dependent_load_ns={:.0}", dependent_load_ns());
     }
 }
