@@ -95,7 +95,9 @@ pub fn write(table: &Table, out: &mut impl Write) -> io::Result<u64> {
         crc: crc32fast::Hasher::new(),
         written: 0,
     };
-    let meta = encode_meta(table);
+    let t = &table.tree;
+    let (order, remap) = tree_order(t);
+    let meta = encode_meta(table, order.len() + 1, &remap);
     let mut head = Vec::with_capacity(24);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -103,24 +105,65 @@ pub fn write(table: &Table, out: &mut impl Write) -> io::Result<u64> {
     head.extend_from_slice(&(meta.len() as u64).to_le_bytes());
     w.put(&head)?;
     w.put(&meta)?;
-    let t = &table.tree;
-    let mut left = t.nodes.len;
-    for c in &t.nodes.chunks {
-        let n = left.min(c.len());
-        w.put(bytemuck::cast_slice(&c[..n]))?;
-        left -= n;
+    // Nodes in tree order with parents renumbered; the reader rebuilds the sibling links.
+    let mut buf: Vec<Node> = Vec::with_capacity(4096);
+    buf.push(Node {
+        first_child: NIL,
+        ..*t.node(0)
+    });
+    for &old in &order {
+        let nd = t.node(old);
+        buf.push(Node {
+            parent: remap[nd.parent as usize],
+            first_child: NIL,
+            next_sibling: NIL,
+            prev_sibling: NIL,
+            ..*nd
+        });
+        if buf.len() == buf.capacity() {
+            w.put(bytemuck::cast_slice(&buf))?;
+            buf.clear();
+        }
     }
+    w.put(bytemuck::cast_slice(&buf))?;
     let mut left = t.names.len;
     for c in &t.names.chunks {
         let n = left.min(c.len());
         w.put(&c[..n])?;
         left -= n;
     }
-    w.put(bytemuck::cast_slice(&t.slots))?;
+    let mut slots: Vec<u64> = Vec::with_capacity(4096);
+    for &s in &t.slots {
+        slots.push(if s == 0 {
+            0
+        } else {
+            (s & !0xFFFF_FFFF) | (remap[(s as u32 - 1) as usize] as u64 + 1)
+        });
+        if slots.len() == slots.capacity() {
+            w.put(bytemuck::cast_slice(&slots))?;
+            slots.clear();
+        }
+    }
+    w.put(bytemuck::cast_slice(&slots))?;
     let crc = w.crc.clone().finalize();
     w.put(&crc.to_le_bytes())?;
     w.put(END)?;
     Ok(w.written)
+}
+
+/// The live nodes other than the root in depth-first pre-order (every node after its parent,
+/// every subtree contiguous), and the map from current ids to ids in that order.
+fn tree_order(t: &Tree) -> (Vec<u32>, Vec<u32>) {
+    let mut remap = vec![NIL; t.nodes.len];
+    remap[0] = 0;
+    let mut order = Vec::with_capacity(t.live.saturating_sub(1));
+    let mut stack: Vec<u32> = t.children(0).collect();
+    while let Some(id) = stack.pop() {
+        order.push(id);
+        remap[id as usize] = order.len() as u32;
+        stack.extend(t.children(id));
+    }
+    (order, remap)
 }
 
 /// The snapshot as one byte vector.
@@ -136,12 +179,12 @@ pub fn decode(bytes: &[u8]) -> Result<Table, SnapshotError> {
     read(&mut &bytes[..], bytes.len() as u64)
 }
 
-fn encode_meta(t: &Table) -> Vec<u8> {
+fn encode_meta(t: &Table, n_nodes: usize, remap: &[u32]) -> Vec<u8> {
     let mut w = Writer::default();
     w.u64(t.me.0);
     w.u64(t.counter);
     w.u64(t.tree.seed);
-    w.u64(t.tree.nodes.len as u64);
+    w.u64(n_nodes as u64);
     w.u64(t.tree.names.len as u64);
     w.u64(t.tree.slots.len() as u64);
     w.varint(t.replicas.len() as u64);
@@ -153,7 +196,12 @@ fn encode_meta(t: &Table) -> Vec<u8> {
         for s in &t.seen.cloud[i] {
             w.varint(*s);
         }
-        let idx: Vec<(u64, u32)> = t.index.iter_from(i, 0).collect();
+        let idx: Vec<(u64, u32)> = t
+            .index
+            .iter_from(i, 0)
+            .filter(|&(_, n)| remap[n as usize] != NIL)
+            .map(|(s, n)| (s, remap[n as usize]))
+            .collect();
         w.varint(idx.len() as u64);
         for (s, n) in idx {
             w.varint(s);
@@ -411,35 +459,6 @@ pub fn read(r: &mut impl Read, total_len: u64) -> Result<Table, SnapshotError> {
     Ok(t)
 }
 
-/// Rebuilds every node's child list from the parent links (children in index order). Side
-/// arrays of 4 bytes per node take the random accesses, not the 48-byte nodes.
-fn rebuild_child_lists(t: &mut Tree, free: &[u64]) {
-    let n = t.nodes.len;
-    let is_free = |i: usize| free[i / 64] & (1 << (i % 64)) != 0;
-    let mut heads = vec![NIL; n];
-    let mut prevs = vec![NIL; n];
-    for i in (1..n).rev() {
-        if is_free(i) {
-            continue;
-        }
-        let p = t.nodes.get(i).parent as usize;
-        let next = heads[p];
-        if next != NIL {
-            prevs[next as usize] = i as u32;
-        }
-        heads[p] = i as u32;
-        t.nodes.get_mut(i).next_sibling = next;
-    }
-    for (i, (&h, &pv)) in heads.iter().zip(&prevs).enumerate() {
-        if i != 0 && is_free(i) {
-            continue;
-        }
-        let nd = t.nodes.get_mut(i);
-        nd.first_child = h;
-        nd.prev_sibling = pv;
-    }
-}
-
 fn check_entry(p: Packed, n_rep: usize) -> Result<(), SnapshotError> {
     if p.ridx() as usize >= n_rep
         || p.seq() == 0
@@ -450,14 +469,15 @@ fn check_entry(p: Packed, n_rep: usize) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Checks every index so later operations cannot panic or loop, rebuilds the free list and
-/// counts, and returns (live paths, tombstones).
+/// Checks every index so later operations cannot panic or loop, rebuilds the sibling links
+/// and counts, and returns (live paths, tombstones).
 ///
-/// Passes are sequential over the arrays (a 10M-node snapshot validates in a fraction of a
-/// second); the few checks that need another node's data use a bitmap of free nodes that fits
-/// in cache, or a 2-byte-per-node array of path lengths. Link consistency that only a
-/// buggy writer could break (and the CRC would not catch) is not checked: the tree's own walks
-/// are bounded, so such damage cannot make them loop or panic.
+/// The writer puts nodes in depth-first pre-order, so one sequential pass with a stack of the
+/// current node's ancestors checks every parent link (a node's parent must be on the stack:
+/// anything else is refused), bounds every path's length, and rebuilds the child lists — no
+/// random access into the node array. The stored sibling links are not trusted at all; the
+/// stored hashes are not recomputed (the CRC vouches for them, and a wrong one could only make
+/// a lookup miss, never panic).
 fn validate_tree(
     t: &mut Tree,
     of: &Overflow,
@@ -469,41 +489,26 @@ fn validate_tree(
     if root.parent != NIL || root.state != 0 || root.hash != 0 {
         return Err(bad("root malformed", 0));
     }
-    // One pass over the nodes: free ones are collected (and chained into the free list),
-    // live ones checked. That no live node's parent is free is checked at the end, from a
-    // bitmap of parents and a bitmap of free nodes (both small enough to stay in cache). The
-    // stored child lists are not trusted at all: they are rebuilt from the parent links, so
-    // the two agree by construction.
-    let words = n.div_ceil(64);
-    let mut free = vec![0u64; words];
-    let mut linked = vec![0u64; words];
-    let mark = |bits: &mut [u64], x: u32| {
-        if x != NIL {
-            bits[x as usize / 64] |= 1 << (x % 64);
-        }
-    };
-    let in_range = |x: u32| x == NIL || (x as usize) < n;
     t.free_head = NIL;
-    let mut path_len: Vec<u16> = vec![0; n];
-    let mut live = 1usize;
+    t.nodes.get_mut(0).first_child = NIL;
+    // The ancestors of the node being visited: (id, path length, newest child so far).
+    let mut stack: Vec<(u32, usize, u32)> = vec![(0, 0, NIL)];
     let mut live_paths = 0;
     let mut tombstones = 0;
     let mut used_overflow = vec![false; of.lists.len()];
     let chunk = crate::table::tree::NAME_CHUNK_BYTES;
-    let mut chain: Vec<usize> = Vec::with_capacity(64);
     for i in 1..n {
         let nd = *t.nodes.get(i);
-        if nd.parent == FREE {
-            mark(&mut free, i as u32);
-            t.nodes.get_mut(i).next_sibling = t.free_head;
-            t.free_head = i as u32;
-            continue;
+        // Leave the subtrees that ended: pop up to the parent, finishing their child lists.
+        while stack.last().is_some_and(|&(id, _, _)| id != nd.parent) {
+            let Some((done, _, head)) = stack.pop() else {
+                break;
+            };
+            t.nodes.get_mut(done as usize).first_child = head;
         }
-        live += 1;
-        if nd.parent == NIL || !in_range(nd.parent) {
-            return Err(bad("parent out of range", i));
-        }
-        mark(&mut linked, nd.parent);
+        let Some(&(_, parent_len, prev_child)) = stack.last() else {
+            return Err(bad("parent is not an ancestor in tree order", i));
+        };
         let len = nd.name[0] as usize;
         let name = match nd.arena_off() {
             None => &nd.name[1..1 + len],
@@ -517,10 +522,16 @@ fn validate_tree(
                 t.names.slice(off + 1, len)
             }
         };
-        // Names are checked because paths are rebuilt from them; the stored hashes are not
-        // recomputed (that costs a cache miss per node on the parent): the CRC vouches for
-        // them, and a wrong one could only make a lookup miss, never panic.
+        // Names are checked because paths are rebuilt from them.
         validate_name(name).map_err(|e| bad(&format!("invalid name: {e}"), i))?;
+        let path_len = if stack.len() == 1 {
+            len
+        } else {
+            parent_len + 1 + len
+        };
+        if path_len > MAX_PATH_LEN {
+            return Err(bad("path too long", i));
+        }
         if nd.state != 0 {
             if Packed(nd.state).ridx() == OVERFLOW {
                 let k = (nd.state & 0xFFFF_FFFF) as usize;
@@ -541,44 +552,24 @@ fn validate_tree(
                 tombstones += 1;
             }
         }
-        // Path length through the parent chain, memoized; a chain longer than any valid path
-        // (a cycle) is refused. This also proves every node's path is a valid `WPath`.
-        chain.clear();
-        chain.push(i);
-        let mut cur = nd.parent as usize;
-        while cur != 0 && path_len[cur] == 0 {
-            chain.push(cur);
-            if chain.len() > crate::path::MAX_DEPTH {
-                return Err(bad("parent chain too deep or cyclic", i));
-            }
-            let p = t.nodes.get(cur);
-            if p.parent == FREE || p.parent == NIL || !in_range(p.parent) {
-                return Err(bad("parent chain broken", cur));
-            }
-            cur = p.parent as usize;
+        // Link into the parent's child list, newest first.
+        {
+            let node = t.nodes.get_mut(i);
+            node.next_sibling = prev_child;
+            node.prev_sibling = NIL;
+            node.first_child = NIL;
         }
-        let mut acc = if cur == 0 {
-            0usize
-        } else {
-            path_len[cur] as usize + 1
-        };
-        for &c in chain.iter().rev() {
-            let nl = t.nodes.get(c).name[0] as usize;
-            acc += nl;
-            if acc > MAX_PATH_LEN {
-                return Err(bad("path too long", c));
-            }
-            path_len[c] = acc as u16;
-            acc += 1;
+        if prev_child != NIL {
+            t.nodes.get_mut(prev_child as usize).prev_sibling = i as u32;
         }
+        if let Some(top) = stack.last_mut() {
+            top.2 = i as u32;
+        }
+        stack.push((i as u32, path_len, NIL));
     }
-    if free.iter().zip(&linked).any(|(f, l)| f & l != 0) {
-        return Err(SnapshotError::Invalid(
-            "a live node's parent is free".into(),
-        ));
+    while let Some((done, _, head)) = stack.pop() {
+        t.nodes.get_mut(done as usize).first_child = head;
     }
-    rebuild_child_lists(t, &free);
-    let is_free = |x: u32| free[x as usize / 64] & (1 << (x % 64)) != 0;
     if used_overflow.iter().filter(|u| **u).count() + of.free.len() != of.lists.len() {
         return Err(SnapshotError::Invalid(
             "overflow lists unaccounted for".into(),
@@ -604,7 +595,7 @@ fn validate_tree(
             continue;
         }
         let id = (s as u32).wrapping_sub(1) as usize;
-        if id == 0 || id >= n || is_free(id as u32) || in_slot[id / 64] & (1 << (id % 64)) != 0 {
+        if id == 0 || id >= n || in_slot[id / 64] & (1 << (id % 64)) != 0 {
             return Err(SnapshotError::Invalid(format!(
                 "child index slot {pos} invalid"
             )));
@@ -618,13 +609,13 @@ fn validate_tree(
         }
         filled += 1;
     }
-    if filled != live - 1 {
+    if filled != n - 1 {
         return Err(SnapshotError::Invalid(format!(
             "child index holds {filled} nodes, tree has {}",
-            live - 1
+            n - 1
         )));
     }
-    t.live = live;
+    t.live = n;
     Ok((live_paths, tombstones))
 }
 
