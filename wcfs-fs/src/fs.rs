@@ -876,7 +876,7 @@ impl Shared {
         path: &WPath,
     ) -> Result<(u64, FileAttr, Duration), Errno> {
         let f = self.locate(Some(path))?;
-        let ino = self.inodes.get_or_insert(parent.0, name.as_bytes());
+        let ino = self.inodes.lookup(parent.0, name.as_bytes(), None);
         Ok((ino, attr(ino, &f.st), self.ttl(f.side)))
     }
 
@@ -976,7 +976,7 @@ impl Shared {
             kind: FileType::Directory,
         });
         for (name, kind) in list {
-            let cino = self.inodes.get_or_insert(ino.0, &name);
+            let cino = self.inodes.peek(ino.0, &name);
             entries.push(DirEnt {
                 name,
                 ino: cino,
@@ -1250,7 +1250,7 @@ impl UnionFs {
             }
             s.commit_new(&path, over_wh, false)?;
             let st = s.rw.fstat(fd.as_raw_fd()).map_err(errno)?;
-            let ino = s.inodes.get_or_insert(parent.0, name.as_bytes());
+            let ino = s.inodes.lookup(parent.0, name.as_bytes(), None);
             Ok((ino, fd, st))
         })();
         match r {
@@ -1318,7 +1318,7 @@ impl Filesystem for UnionFs {
         let (_, path) = tri!(reply, s.child(parent, name));
         match s.locate(Some(&path)) {
             Ok(f) => {
-                let ino = s.inodes.get_or_insert(parent.0, name.as_bytes());
+                let ino = s.inodes.lookup(parent.0, name.as_bytes(), None);
                 let ttl = s.ttl(f.side);
                 reply.entry_with_ttls(&ttl, &ttl, &attr(ino, &f.st), Generation(0));
             }
@@ -1334,6 +1334,13 @@ impl Filesystem for UnionFs {
             Err(e) => reply.error(e),
         }
     }
+
+    /// The kernel dropped `nlookup` references: the node may be freed.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.inodes.forget(ino.0, nlookup);
+    }
+
+    // `batch_forget`: fuser's default hands every entry to `forget`.
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _g = enter(OpKind::Getattr);
@@ -2030,27 +2037,35 @@ impl Filesystem for UnionFs {
         let entries = tri!(reply, s.listing(ino, fh, offset));
         let dir = tri!(reply, s.path_of(ino));
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let (st, ttl) = if e.name == b"." || e.name == b".." {
-                // The kernel does not instantiate these; any directory attributes will do.
+            let dot = e.name == b"." || e.name == b"..";
+            let (st, ttl, cino) = if dot {
+                // The kernel does not instantiate these (nor count them as lookups); any
+                // directory attributes will do.
                 let f = tri!(reply, s.locate(dir.as_ref()));
-                (f.st, Duration::ZERO)
+                (f.st, Duration::ZERO, e.ino)
             } else {
                 let Ok(p) = WPath::child_of(dir.as_ref(), &e.name) else {
                     continue;
                 };
                 match s.locate(Some(&p)) {
-                    Ok(f) => (f.st, s.ttl(f.side)),
+                    // Every entry handed over is a kernel reference (the listing's number may
+                    // belong to a node freed since it was built, so take the live one).
+                    Ok(f) => (f.st, s.ttl(f.side), s.inodes.lookup(ino.0, &e.name, None)),
                     Err(_) => continue,
                 }
             };
             if reply.add(
-                INodeNo(e.ino),
+                INodeNo(cino),
                 i as u64 + 1,
                 OsStr::from_bytes(&e.name),
                 &ttl,
-                &attr(e.ino, &st),
+                &attr(cino, &st),
                 Generation(0),
             ) {
+                if !dot {
+                    // Not sent: the kernel will not forget it.
+                    s.inodes.forget(cino, 1);
+                }
                 break;
             }
         }
