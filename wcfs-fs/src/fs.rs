@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use wcfs_core::dot::{Kind, Op};
 use wcfs_core::handle::TableHandle;
@@ -34,6 +34,7 @@ use wcfs_core::table::Resolution;
 
 use crate::branch::{Branch, split};
 use crate::inode::{Inodes, ROOT};
+use crate::lock::Locks;
 use crate::stats::{OpKind, RwStats, enter};
 
 /// aufs whiteout prefix: `.wh.<name>` on the RW branch hides `<name>` of the RO branch.
@@ -149,6 +150,8 @@ pub(crate) struct Shared {
     open_state: Mutex<HashMap<u64, OpenState>>,
     copy_up_lock: Mutex<()>,
     tmp_counter: AtomicU64,
+    /// POSIX locks and flocks of RW files, held on the backing files.
+    locks: Arc<Locks>,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -321,6 +324,7 @@ impl Shared {
             open_state: Mutex::default(),
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
+            locks: Arc::default(),
         }
     }
 
@@ -957,7 +961,11 @@ impl Shared {
             path,
             file: OnceLock::new(),
         });
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        // No FLUSH on close: nothing is buffered, and RO files hold no locks (see lock.rs).
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
     }
 
     /// The union listing of directory `ino` as `readdir` entries, `.` and `..` first.
@@ -1049,7 +1057,7 @@ impl Shared {
             st.entry(ino).or_default().cached += 1;
         }
         let flags = if side == Side::Ro {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
             FopenFlags::empty()
         };
@@ -1288,6 +1296,9 @@ impl Filesystem for UnionFs {
             let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Locks go to the backing files so that nodes sharing the RW branch exclude each
+        // other (lock.rs); without these the kernel would lock per mount only.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         if s.cfg.cache_dirs
             && config
                 .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
@@ -1928,28 +1939,129 @@ impl Filesystem for UnionFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered in the daemon and locks are the kernel's: ENOSYS tells the
-        // kernel to stop sending FLUSH, saving a round trip on every close.
-        reply.error(Errno::ENOSYS);
+        // Nothing is buffered in the daemon; a close releases the owner's POSIX locks. RO
+        // opens are FOPEN_NOFLUSH, so only RW files pay this round trip.
+        self.0.locks.drop_owner(ino.0, lock_owner.0);
+        reply.ok();
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _g = enter(OpKind::Sync);
+        if let Some(o) = lock_owner {
+            // The last close of a file with a flock.
+            self.0.locks.drop_owner(ino.0, o.0);
+        }
+        self.0.locks.drop_handle(ino.0, fh.0);
         self.0.release_handle(fh);
+        reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let _g = enter(OpKind::Other);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::File {
+            file,
+            side: Side::Rw,
+            ..
+        } = &*h
+        else {
+            // RO files can hold no conflicting lock (lock.rs).
+            reply.locked(start, end, libc::F_UNLCK, 0);
+            return;
+        };
+        let c = tri!(
+            reply,
+            s.locks
+                .test(ino.0, lock_owner.0, file, start, end, typ, &s.stats)
+                .map_err(errno)
+        );
+        match c {
+            // The holder may be on another node: no pid to report.
+            Some(c) => reply.locked(c.start, c.end, c.typ, 0),
+            None => reply.locked(start, end, libc::F_UNLCK, 0),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _g = enter(OpKind::Other);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::File {
+            file,
+            side: Side::Rw,
+            ..
+        } = &*h
+        else {
+            // The kernel refuses write locks on read-only opens, and nothing can conflict
+            // with a read lock of an RO file (lock.rs).
+            if typ == libc::F_WRLCK {
+                reply.error(Errno::EBADF);
+            } else {
+                reply.ok();
+            }
+            return;
+        };
+        if sleep {
+            s.locks.set_wait(
+                ino.0,
+                lock_owner.0,
+                fh.0,
+                file,
+                start,
+                end,
+                typ,
+                &s.stats,
+                move |r| match r {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno(e)),
+                },
+            );
+            return;
+        }
+        tri!(
+            reply,
+            s.locks
+                .set(ino.0, lock_owner.0, fh.0, file, start, end, typ, &s.stats)
+                .map_err(errno)
+        );
         reply.ok();
     }
 

@@ -65,3 +65,102 @@ fn forgotten_inodes_are_freed_and_numbers_stay_stable_while_cached() {
     );
     drop(open);
 }
+
+fn setlk(f: &std::fs::File, typ: i32, cmd: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 10;
+    fl.l_len = 20;
+    if unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getlk(f: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) },
+        0
+    );
+    fl.l_type as i32
+}
+
+fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn would_block(r: std::io::Result<()>) -> bool {
+    matches!(
+        r.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EAGAIN | libc::EACCES))
+    )
+}
+
+#[test]
+fn locks_through_two_mounts_sharing_the_rw_branch_exclude_each_other() {
+    use wcfs_core::handle::LocalHandle;
+    let a = Fx::new(|_| {});
+    let hb = handle(2);
+    LocalHandle::link(&a.handle, &hb);
+    let tmp_b = tempfile::tempdir().unwrap();
+    let b = Fx::mount_on(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt");
+    std::fs::write(a.m("lk"), vec![0u8; 100]).unwrap();
+    assert!(eventually(Duration::from_secs(5), || b.m("lk").exists()));
+    let rw = |fx: &Fx| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fx.m("lk"))
+            .unwrap()
+    };
+    let fa = rw(&a);
+    let fb = rw(&b);
+    // POSIX byte-range locks: a write lock through one mount blocks the other.
+    setlk(&fa, libc::F_WRLCK, libc::F_SETLK).unwrap();
+    assert!(would_block(setlk(&fb, libc::F_WRLCK, libc::F_SETLK)));
+    assert!(would_block(setlk(&fb, libc::F_RDLCK, libc::F_SETLK)));
+    assert_eq!(getlk(&fb), libc::F_WRLCK);
+    // A blocking request waits for the holder (and does not stall the mount meanwhile).
+    let fb2 = rw(&b);
+    let waiter =
+        std::thread::spawn(move || setlk(&fb2, libc::F_WRLCK, libc::F_SETLKW).map(|()| fb2));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "SETLKW did not wait");
+    assert_eq!(std::fs::read(b.m("lk")).unwrap().len(), 100);
+    setlk(&fa, libc::F_UNLCK, libc::F_SETLK).unwrap();
+    let fb2 = waiter.join().unwrap().unwrap();
+    assert!(would_block(setlk(&fa, libc::F_WRLCK, libc::F_SETLK)));
+    // Closing any fd of the owner releases its POSIX locks (close of fb2's twin).
+    drop(fb2);
+    setlk(&fa, libc::F_WRLCK, libc::F_SETLK).unwrap();
+    setlk(&fa, libc::F_UNLCK, libc::F_SETLK).unwrap();
+    assert_eq!(getlk(&fb), libc::F_UNLCK);
+    // flock: exclusive through one mount excludes the other until released or closed.
+    let ga = rw(&a);
+    flock(&ga, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    assert!(would_block(flock(&fb, libc::LOCK_EX | libc::LOCK_NB)));
+    flock(&ga, libc::LOCK_UN).unwrap();
+    flock(&fb, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    assert!(would_block(flock(&ga, libc::LOCK_SH | libc::LOCK_NB)));
+    drop(fb);
+    assert!(eventually(Duration::from_secs(5), || flock(
+        &ga,
+        libc::LOCK_SH | libc::LOCK_NB
+    )
+    .is_ok()));
+    drop(fa);
+}
