@@ -33,7 +33,7 @@ use wcfs_core::path::{MAX_NAME_LEN, PathError, WPath};
 use wcfs_core::table::Resolution;
 
 use crate::branch::{Branch, split};
-use crate::inode::{Inodes, ROOT};
+use crate::inode::{BackingKey, Inodes, ROOT};
 use crate::lock::Locks;
 use crate::stats::{OpKind, RwStats, enter};
 
@@ -90,6 +90,15 @@ enum Side {
 struct Found {
     side: Side,
     st: libc::stat,
+}
+
+impl Found {
+    /// The backing identity that makes every name of a hard-linked RW file share one inode
+    /// number. Only RW files with several links need it (RO hard links are not unified).
+    fn link_key(&self) -> Option<BackingKey> {
+        (self.side == Side::Rw && !is_dir(&self.st) && self.st.st_nlink > 1)
+            .then_some((self.st.st_dev, self.st.st_ino))
+    }
 }
 
 struct DirEnt {
@@ -880,7 +889,7 @@ impl Shared {
         path: &WPath,
     ) -> Result<(u64, FileAttr, Duration), Errno> {
         let f = self.locate(Some(path))?;
-        let ino = self.inodes.lookup(parent.0, name.as_bytes(), None);
+        let ino = self.inodes.lookup(parent.0, name.as_bytes(), f.link_key());
         Ok((ino, attr(ino, &f.st), self.ttl(f.side)))
     }
 
@@ -1329,7 +1338,7 @@ impl Filesystem for UnionFs {
         let (_, path) = tri!(reply, s.child(parent, name));
         match s.locate(Some(&path)) {
             Ok(f) => {
-                let ino = s.inodes.lookup(parent.0, name.as_bytes(), None);
+                let ino = s.inodes.lookup(parent.0, name.as_bytes(), f.link_key());
                 let ttl = s.ttl(f.side);
                 reply.entry_with_ttls(&ttl, &ttl, &attr(ino, &f.st), Generation(0));
             }
@@ -1814,6 +1823,10 @@ impl Filesystem for UnionFs {
         let (path, over_wh) = tri!(reply, s.new_entry(newparent, newname));
         tri!(reply, s.rw.link(&src, &path).map_err(errno));
         tri!(reply, s.commit_new(&path, over_wh, false));
+        // The new name is the same file: it gets the source's inode number.
+        if let Ok(st) = s.rw.lstat(Some(&path)) {
+            s.inodes.set_backing(ino.0, (st.st_dev, st.st_ino));
+        }
         let (_, a, ttl) = tri!(reply, s.entry_reply(newparent, newname, &path));
         reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
     }
@@ -2162,7 +2175,11 @@ impl Filesystem for UnionFs {
                 match s.locate(Some(&p)) {
                     // Every entry handed over is a kernel reference (the listing's number may
                     // belong to a node freed since it was built, so take the live one).
-                    Ok(f) => (f.st, s.ttl(f.side), s.inodes.lookup(ino.0, &e.name, None)),
+                    Ok(f) => (
+                        f.st,
+                        s.ttl(f.side),
+                        s.inodes.lookup(ino.0, &e.name, f.link_key()),
+                    ),
                     Err(_) => continue,
                 }
             };

@@ -231,6 +231,25 @@ impl Inodes {
         ino
     }
 
+    /// Registers `ino` as the node of RW backing file `key` (it just got a second name), so
+    /// that every other name of the file resolves to it.
+    pub(crate) fn set_backing(&self, ino: u64, key: BackingKey) {
+        let mut g = self.lock();
+        let Some(n) = g.nodes.get_mut(&ino) else {
+            return;
+        };
+        if n.names.is_empty() {
+            return;
+        }
+        if let Some(old) = n.backing.replace(key)
+            && old != key
+            && g.by_backing.get(&old) == Some(&ino)
+        {
+            g.by_backing.remove(&old);
+        }
+        g.by_backing.insert(key, ino);
+    }
+
     /// The node of `parent/name` for a plain listing (no kernel reference is taken), created
     /// if new; unreferenced nodes are bounded by [`UNREFERENCED_MAX`].
     pub(crate) fn peek(&self, parent: u64, name: &[u8]) -> u64 {

@@ -164,3 +164,56 @@ fn locks_through_two_mounts_sharing_the_rw_branch_exclude_each_other() {
     .is_ok()));
     drop(fa);
 }
+
+#[test]
+fn hard_links_show_one_inode_number_under_every_name() {
+    use wcfs_core::dot::Op;
+    use wcfs_core::handle::TableHandle;
+    let fx = Fx::new(|ro| std::fs::write(ro.join("r"), b"ro").unwrap());
+    let ino = |p: &str| std::fs::metadata(fx.m(p)).unwrap().ino();
+    std::fs::create_dir(fx.m("d")).unwrap();
+    std::fs::write(fx.m("a"), b"data").unwrap();
+    std::fs::hard_link(fx.m("a"), fx.m("d/b")).unwrap();
+    let a = ino("a");
+    assert_eq!(ino("d/b"), a);
+    assert_eq!(std::fs::metadata(fx.m("d/b")).unwrap().nlink(), 2);
+    // A link made behind the mount's back (another node) is recognised at lookup.
+    std::fs::hard_link(fx.rw.join("a"), fx.rw.join("c")).unwrap();
+    fx.handle.propose(&wp("c"), Op::MarkRw).unwrap();
+    assert!(eventually(Duration::from_secs(5), || fx.m("c").exists()));
+    assert_eq!(ino("c"), a);
+    // Linking an RO file copies it up; both names then agree.
+    std::fs::hard_link(fx.m("r"), fx.m("r2")).unwrap();
+    assert_eq!(ino("r"), ino("r2"));
+    // Names listed before they are looked up agree too (readdirplus).
+    let listed: Vec<(String, u64)> = std::fs::read_dir(&fx.mnt)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect();
+    for (n, i) in &listed {
+        if n == "a" || n == "c" {
+            assert_eq!(*i, a, "{n}");
+        }
+    }
+    // After the kernel forgot them all, the names still share one number.
+    assert!(eventually(Duration::from_secs(20), || {
+        drop_caches();
+        fx.guard.as_ref().unwrap().inodes() < 8
+    }));
+    let c = ino("c");
+    assert_eq!(ino("d/b"), c);
+    assert_eq!(ino("a"), c);
+    // Unlinking one name keeps the others (and their number).
+    std::fs::remove_file(fx.m("a")).unwrap();
+    assert_eq!(ino("d/b"), c);
+    assert_eq!(std::fs::read(fx.m("d/b")).unwrap(), b"data");
+    std::fs::rename(fx.m("d/b"), fx.m("b2")).unwrap();
+    assert_eq!(ino("b2"), c);
+    assert_eq!(ino("c"), c);
+}
