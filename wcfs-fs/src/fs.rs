@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use wcfs_core::dot::{Kind, Op};
 use wcfs_core::handle::TableHandle;
@@ -33,7 +33,8 @@ use wcfs_core::path::{MAX_NAME_LEN, PathError, WPath};
 use wcfs_core::table::Resolution;
 
 use crate::branch::{Branch, split};
-use crate::inode::{Inodes, ROOT};
+use crate::inode::{BackingKey, Inodes, ROOT};
+use crate::lock::Locks;
 use crate::stats::{OpKind, RwStats, enter};
 
 /// aufs whiteout prefix: `.wh.<name>` on the RW branch hides `<name>` of the RO branch.
@@ -89,6 +90,15 @@ enum Side {
 struct Found {
     side: Side,
     st: libc::stat,
+}
+
+impl Found {
+    /// The backing identity that makes every name of a hard-linked RW file share one inode
+    /// number. Only RW files with several links need it (RO hard links are not unified).
+    fn link_key(&self) -> Option<BackingKey> {
+        (self.side == Side::Rw && !is_dir(&self.st) && self.st.st_nlink > 1)
+            .then_some((self.st.st_dev, self.st.st_ino))
+    }
 }
 
 struct DirEnt {
@@ -149,6 +159,8 @@ pub(crate) struct Shared {
     open_state: Mutex<HashMap<u64, OpenState>>,
     copy_up_lock: Mutex<()>,
     tmp_counter: AtomicU64,
+    /// POSIX locks and flocks of RW files, held on the backing files.
+    locks: Arc<Locks>,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -321,6 +333,7 @@ impl Shared {
             open_state: Mutex::default(),
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
+            locks: Arc::default(),
         }
     }
 
@@ -876,7 +889,7 @@ impl Shared {
         path: &WPath,
     ) -> Result<(u64, FileAttr, Duration), Errno> {
         let f = self.locate(Some(path))?;
-        let ino = self.inodes.get_or_insert(parent.0, name.as_bytes());
+        let ino = self.inodes.lookup(parent.0, name.as_bytes(), f.link_key());
         Ok((ino, attr(ino, &f.st), self.ttl(f.side)))
     }
 
@@ -957,7 +970,11 @@ impl Shared {
             path,
             file: OnceLock::new(),
         });
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        // No FLUSH on close: nothing is buffered, and RO files hold no locks (see lock.rs).
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
     }
 
     /// The union listing of directory `ino` as `readdir` entries, `.` and `..` first.
@@ -976,7 +993,7 @@ impl Shared {
             kind: FileType::Directory,
         });
         for (name, kind) in list {
-            let cino = self.inodes.get_or_insert(ino.0, &name);
+            let cino = self.inodes.peek(ino.0, &name);
             entries.push(DirEnt {
                 name,
                 ino: cino,
@@ -1049,7 +1066,7 @@ impl Shared {
             st.entry(ino).or_default().cached += 1;
         }
         let flags = if side == Side::Ro {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
             FopenFlags::empty()
         };
@@ -1250,7 +1267,7 @@ impl UnionFs {
             }
             s.commit_new(&path, over_wh, false)?;
             let st = s.rw.fstat(fd.as_raw_fd()).map_err(errno)?;
-            let ino = s.inodes.get_or_insert(parent.0, name.as_bytes());
+            let ino = s.inodes.lookup(parent.0, name.as_bytes(), None);
             Ok((ino, fd, st))
         })();
         match r {
@@ -1288,6 +1305,9 @@ impl Filesystem for UnionFs {
             let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Locks go to the backing files so that nodes sharing the RW branch exclude each
+        // other (lock.rs); without these the kernel would lock per mount only.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         if s.cfg.cache_dirs
             && config
                 .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
@@ -1318,7 +1338,7 @@ impl Filesystem for UnionFs {
         let (_, path) = tri!(reply, s.child(parent, name));
         match s.locate(Some(&path)) {
             Ok(f) => {
-                let ino = s.inodes.get_or_insert(parent.0, name.as_bytes());
+                let ino = s.inodes.lookup(parent.0, name.as_bytes(), f.link_key());
                 let ttl = s.ttl(f.side);
                 reply.entry_with_ttls(&ttl, &ttl, &attr(ino, &f.st), Generation(0));
             }
@@ -1334,6 +1354,13 @@ impl Filesystem for UnionFs {
             Err(e) => reply.error(e),
         }
     }
+
+    /// The kernel dropped `nlookup` references: the node may be freed.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.inodes.forget(ino.0, nlookup);
+    }
+
+    // `batch_forget`: fuser's default hands every entry to `forget`.
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _g = enter(OpKind::Getattr);
@@ -1796,6 +1823,10 @@ impl Filesystem for UnionFs {
         let (path, over_wh) = tri!(reply, s.new_entry(newparent, newname));
         tri!(reply, s.rw.link(&src, &path).map_err(errno));
         tri!(reply, s.commit_new(&path, over_wh, false));
+        // The new name is the same file: it gets the source's inode number.
+        if let Ok(st) = s.rw.lstat(Some(&path)) {
+            s.inodes.set_backing(ino.0, (st.st_dev, st.st_ino));
+        }
         let (_, a, ttl) = tri!(reply, s.entry_reply(newparent, newname, &path));
         reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
     }
@@ -1921,28 +1952,129 @@ impl Filesystem for UnionFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered in the daemon and locks are the kernel's: ENOSYS tells the
-        // kernel to stop sending FLUSH, saving a round trip on every close.
-        reply.error(Errno::ENOSYS);
+        // Nothing is buffered in the daemon; a close releases the owner's POSIX locks. RO
+        // opens are FOPEN_NOFLUSH, so only RW files pay this round trip.
+        self.0.locks.drop_owner(ino.0, lock_owner.0);
+        reply.ok();
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _g = enter(OpKind::Sync);
+        if let Some(o) = lock_owner {
+            // The last close of a file with a flock.
+            self.0.locks.drop_owner(ino.0, o.0);
+        }
+        self.0.locks.drop_handle(ino.0, fh.0);
         self.0.release_handle(fh);
+        reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let _g = enter(OpKind::Other);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::File {
+            file,
+            side: Side::Rw,
+            ..
+        } = &*h
+        else {
+            // RO files can hold no conflicting lock (lock.rs).
+            reply.locked(start, end, libc::F_UNLCK, 0);
+            return;
+        };
+        let c = tri!(
+            reply,
+            s.locks
+                .test(ino.0, lock_owner.0, file, start, end, typ, &s.stats)
+                .map_err(errno)
+        );
+        match c {
+            // The holder may be on another node: no pid to report.
+            Some(c) => reply.locked(c.start, c.end, c.typ, 0),
+            None => reply.locked(start, end, libc::F_UNLCK, 0),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _g = enter(OpKind::Other);
+        let s = &self.0;
+        let h = tri!(reply, s.handle(fh));
+        let Handle::File {
+            file,
+            side: Side::Rw,
+            ..
+        } = &*h
+        else {
+            // The kernel refuses write locks on read-only opens, and nothing can conflict
+            // with a read lock of an RO file (lock.rs).
+            if typ == libc::F_WRLCK {
+                reply.error(Errno::EBADF);
+            } else {
+                reply.ok();
+            }
+            return;
+        };
+        if sleep {
+            s.locks.set_wait(
+                ino.0,
+                lock_owner.0,
+                fh.0,
+                file,
+                start,
+                end,
+                typ,
+                &s.stats,
+                move |r| match r {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno(e)),
+                },
+            );
+            return;
+        }
+        tri!(
+            reply,
+            s.locks
+                .set(ino.0, lock_owner.0, fh.0, file, start, end, typ, &s.stats)
+                .map_err(errno)
+        );
         reply.ok();
     }
 
@@ -2030,27 +2162,39 @@ impl Filesystem for UnionFs {
         let entries = tri!(reply, s.listing(ino, fh, offset));
         let dir = tri!(reply, s.path_of(ino));
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let (st, ttl) = if e.name == b"." || e.name == b".." {
-                // The kernel does not instantiate these; any directory attributes will do.
+            let dot = e.name == b"." || e.name == b"..";
+            let (st, ttl, cino) = if dot {
+                // The kernel does not instantiate these (nor count them as lookups); any
+                // directory attributes will do.
                 let f = tri!(reply, s.locate(dir.as_ref()));
-                (f.st, Duration::ZERO)
+                (f.st, Duration::ZERO, e.ino)
             } else {
                 let Ok(p) = WPath::child_of(dir.as_ref(), &e.name) else {
                     continue;
                 };
                 match s.locate(Some(&p)) {
-                    Ok(f) => (f.st, s.ttl(f.side)),
+                    // Every entry handed over is a kernel reference (the listing's number may
+                    // belong to a node freed since it was built, so take the live one).
+                    Ok(f) => (
+                        f.st,
+                        s.ttl(f.side),
+                        s.inodes.lookup(ino.0, &e.name, f.link_key()),
+                    ),
                     Err(_) => continue,
                 }
             };
             if reply.add(
-                INodeNo(e.ino),
+                INodeNo(cino),
                 i as u64 + 1,
                 OsStr::from_bytes(&e.name),
                 &ttl,
-                &attr(e.ino, &st),
+                &attr(cino, &st),
                 Generation(0),
             ) {
+                if !dot {
+                    // Not sent: the kernel will not forget it.
+                    s.inodes.forget(cino, 1);
+                }
                 break;
             }
         }

@@ -8,6 +8,7 @@
 mod branch;
 mod fs;
 mod inode;
+mod lock;
 mod mount;
 mod stats;
 

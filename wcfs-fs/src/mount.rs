@@ -152,6 +152,13 @@ impl MountGuard {
         self.shared.passthrough_active()
     }
 
+    /// Inode numbers the daemon currently keeps (the root included): the nodes the kernel
+    /// holds references to, their ancestors, detached-but-referenced nodes, and a bounded
+    /// number of listed-but-never-looked-up names. It shrinks when the kernel forgets inodes.
+    pub fn inodes(&self) -> usize {
+        self.shared.inodes.len()
+    }
+
     /// The mountpoint.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint

@@ -1,0 +1,219 @@
+//! Inode lifetimes (forget), locks across mounts, hard links.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+/// Asks the kernel to drop its unused dentries and inodes, which sends FUSE forgets.
+fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", b"2").expect("drop_caches (needs root)");
+}
+
+#[test]
+fn forgotten_inodes_are_freed_and_numbers_stay_stable_while_cached() {
+    const N: usize = 2000;
+    let fx = Fx::new(|ro| {
+        std::fs::create_dir_all(ro.join("up")).unwrap();
+        for i in 0..N {
+            std::fs::write(ro.join(format!("up/f{i}")), b"x").unwrap();
+        }
+    });
+    let g = fx.guard.as_ref().unwrap();
+    let base = g.inodes();
+    let first = std::fs::metadata(fx.m("up/f0")).unwrap().ino();
+    for i in 0..N {
+        std::fs::metadata(fx.m(&format!("up/f{i}"))).unwrap();
+    }
+    // Files created through the mount are references too.
+    std::fs::create_dir(fx.m("w")).unwrap();
+    for i in 0..200 {
+        std::fs::write(fx.m(&format!("w/n{i}")), b"y").unwrap();
+    }
+    assert_eq!(std::fs::metadata(fx.m("up/f0")).unwrap().ino(), first);
+    let open = std::fs::File::open(fx.m("up/f1")).unwrap();
+    let open_ino = open.metadata().unwrap().ino();
+    let peak = g.inodes();
+    assert!(peak >= base + N + 200, "peak {peak}, base {base}");
+    // The kernel may keep some entries (the open file, its directory); most must go.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            drop_caches();
+            g.inodes() < base + 50
+        }),
+        "inodes after drop_caches: {} (peak {peak}, base {base})",
+        g.inodes()
+    );
+    // The open file's inode is still known to the kernel: same number by path and by fd.
+    assert_eq!(std::fs::metadata(fx.m("up/f1")).unwrap().ino(), open_ino);
+    assert_eq!(open.metadata().unwrap().ino(), open_ino);
+    // Looked up again: a number that stays the same while cached, and the content is right.
+    let a = std::fs::metadata(fx.m("up/f0")).unwrap().ino();
+    assert_eq!(std::fs::metadata(fx.m("up/f0")).unwrap().ino(), a);
+    assert_ne!(a, open_ino);
+    assert_eq!(std::fs::read(fx.m("w/n7")).unwrap(), b"y");
+    assert_eq!(std::fs::read(fx.m("up/f5")).unwrap(), b"x");
+    // Listing (readdirplus) hands out references that are forgotten as well.
+    assert_eq!(names(&fx.m("up")).len(), N);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            drop_caches();
+            g.inodes() < base + 50
+        }),
+        "inodes after listing and drop_caches: {}",
+        g.inodes()
+    );
+    drop(open);
+}
+
+fn setlk(f: &std::fs::File, typ: i32, cmd: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 10;
+    fl.l_len = 20;
+    if unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getlk(f: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) },
+        0
+    );
+    fl.l_type as i32
+}
+
+fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn would_block(r: std::io::Result<()>) -> bool {
+    matches!(
+        r.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EAGAIN | libc::EACCES))
+    )
+}
+
+#[test]
+fn locks_through_two_mounts_sharing_the_rw_branch_exclude_each_other() {
+    use wcfs_core::handle::LocalHandle;
+    let a = Fx::new(|_| {});
+    let hb = handle(2);
+    LocalHandle::link(&a.handle, &hb);
+    let tmp_b = tempfile::tempdir().unwrap();
+    let b = Fx::mount_on(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt");
+    std::fs::write(a.m("lk"), vec![0u8; 100]).unwrap();
+    assert!(eventually(Duration::from_secs(5), || b.m("lk").exists()));
+    let rw = |fx: &Fx| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fx.m("lk"))
+            .unwrap()
+    };
+    let fa = rw(&a);
+    let fb = rw(&b);
+    // POSIX byte-range locks: a write lock through one mount blocks the other.
+    setlk(&fa, libc::F_WRLCK, libc::F_SETLK).unwrap();
+    assert!(would_block(setlk(&fb, libc::F_WRLCK, libc::F_SETLK)));
+    assert!(would_block(setlk(&fb, libc::F_RDLCK, libc::F_SETLK)));
+    assert_eq!(getlk(&fb), libc::F_WRLCK);
+    // A blocking request waits for the holder (and does not stall the mount meanwhile).
+    let fb2 = rw(&b);
+    let waiter =
+        std::thread::spawn(move || setlk(&fb2, libc::F_WRLCK, libc::F_SETLKW).map(|()| fb2));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "SETLKW did not wait");
+    assert_eq!(std::fs::read(b.m("lk")).unwrap().len(), 100);
+    setlk(&fa, libc::F_UNLCK, libc::F_SETLK).unwrap();
+    let fb2 = waiter.join().unwrap().unwrap();
+    assert!(would_block(setlk(&fa, libc::F_WRLCK, libc::F_SETLK)));
+    // Closing any fd of the owner releases its POSIX locks (close of fb2's twin).
+    drop(fb2);
+    setlk(&fa, libc::F_WRLCK, libc::F_SETLK).unwrap();
+    setlk(&fa, libc::F_UNLCK, libc::F_SETLK).unwrap();
+    assert_eq!(getlk(&fb), libc::F_UNLCK);
+    // flock: exclusive through one mount excludes the other until released or closed.
+    let ga = rw(&a);
+    flock(&ga, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    assert!(would_block(flock(&fb, libc::LOCK_EX | libc::LOCK_NB)));
+    flock(&ga, libc::LOCK_UN).unwrap();
+    flock(&fb, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    assert!(would_block(flock(&ga, libc::LOCK_SH | libc::LOCK_NB)));
+    drop(fb);
+    assert!(eventually(Duration::from_secs(5), || flock(
+        &ga,
+        libc::LOCK_SH | libc::LOCK_NB
+    )
+    .is_ok()));
+    drop(fa);
+}
+
+#[test]
+fn hard_links_show_one_inode_number_under_every_name() {
+    use wcfs_core::dot::Op;
+    use wcfs_core::handle::TableHandle;
+    let fx = Fx::new(|ro| std::fs::write(ro.join("r"), b"ro").unwrap());
+    let ino = |p: &str| std::fs::metadata(fx.m(p)).unwrap().ino();
+    std::fs::create_dir(fx.m("d")).unwrap();
+    std::fs::write(fx.m("a"), b"data").unwrap();
+    std::fs::hard_link(fx.m("a"), fx.m("d/b")).unwrap();
+    let a = ino("a");
+    assert_eq!(ino("d/b"), a);
+    assert_eq!(std::fs::metadata(fx.m("d/b")).unwrap().nlink(), 2);
+    // A link made behind the mount's back (another node) is recognised at lookup.
+    std::fs::hard_link(fx.rw.join("a"), fx.rw.join("c")).unwrap();
+    fx.handle.propose(&wp("c"), Op::MarkRw).unwrap();
+    assert!(eventually(Duration::from_secs(5), || fx.m("c").exists()));
+    assert_eq!(ino("c"), a);
+    // Linking an RO file copies it up; both names then agree.
+    std::fs::hard_link(fx.m("r"), fx.m("r2")).unwrap();
+    assert_eq!(ino("r"), ino("r2"));
+    // Names listed before they are looked up agree too (readdirplus).
+    let listed: Vec<(String, u64)> = std::fs::read_dir(&fx.mnt)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect();
+    for (n, i) in &listed {
+        if n == "a" || n == "c" {
+            assert_eq!(*i, a, "{n}");
+        }
+    }
+    // After the kernel forgot them all, the names still share one number.
+    assert!(eventually(Duration::from_secs(20), || {
+        drop_caches();
+        fx.guard.as_ref().unwrap().inodes() < 8
+    }));
+    let c = ino("c");
+    assert_eq!(ino("d/b"), c);
+    assert_eq!(ino("a"), c);
+    // Unlinking one name keeps the others (and their number).
+    std::fs::remove_file(fx.m("a")).unwrap();
+    assert_eq!(ino("d/b"), c);
+    assert_eq!(std::fs::read(fx.m("d/b")).unwrap(), b"data");
+    std::fs::rename(fx.m("d/b"), fx.m("b2")).unwrap();
+    assert_eq!(ino("b2"), c);
+    assert_eq!(ino("c"), c);
+}
