@@ -1,5 +1,6 @@
 //! Every decoder of untrusted bytes must return a value or an error, never panic:
-//! records, digests, journal replay and snapshots. The first byte picks the decoder.
+//! records, digests, journal replay, snapshots and sync messages. The first byte picks the
+//! decoder.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,7 +28,7 @@ fn sample() -> &'static [u8] {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
-    match which % 5 {
+    match which % 6 {
         0 => {
             let mut r = Reader::new(rest);
             while Record::decode(&mut r).is_ok() {}
@@ -37,6 +38,13 @@ fuzz_target!(|data: &[u8]| {
         }
         2 => {
             let _ = journal::replay(rest, ReplicaId(1));
+        }
+        5 => {
+            if let Ok(m) = wcfs_core::node::Message::decode(rest) {
+                // What decodes must re-encode to something that decodes the same.
+                let again = wcfs_core::node::Message::decode(&m.encode());
+                assert!(again.is_ok(), "re-encoded message does not decode");
+            }
         }
         4 => {
             let mut b = sample().to_vec();
