@@ -244,22 +244,8 @@ impl Tree {
     /// [`Tree::child`] with the hash already computed.
     #[inline]
     pub fn child_hashed(&self, parent: NodeId, name: &[u8], hash: u32) -> Option<NodeId> {
-        let mask = self.slots.len() - 1;
-        let mut pos = self.slot_pos(hash);
-        loop {
-            let s = self.slots[pos];
-            if s == 0 {
-                return None;
-            }
-            if (s >> 32) as u32 == hash {
-                let id = (s as u32).wrapping_sub(1);
-                let n = self.node(id);
-                if n.parent == parent && self.name(id) == name {
-                    return Some(id);
-                }
-            }
-            pos = (pos + 1) & mask;
-        }
+        self.tagged(hash)
+            .find(|&id| self.node(id).parent == parent && self.name(id) == name)
     }
 
     /// The first node in `hash`'s probe run whose tag matches, without verifying it: a guess
@@ -267,18 +253,26 @@ impl Tree {
     /// waiting on any of them.
     #[inline]
     pub fn probe_tag(&self, hash: u32) -> Option<NodeId> {
+        self.tagged(hash).next()
+    }
+
+    /// The nodes in `hash`'s probe run whose tag matches, in probe order.
+    #[inline]
+    fn tagged(&self, hash: u32) -> impl Iterator<Item = NodeId> + '_ {
         let mask = self.slots.len() - 1;
         let mut pos = self.slot_pos(hash);
-        loop {
-            let s = self.slots[pos];
-            if s == 0 {
-                return None;
+        std::iter::from_fn(move || {
+            loop {
+                let s = self.slots[pos];
+                if s == 0 {
+                    return None;
+                }
+                pos = (pos + 1) & mask;
+                if (s >> 32) as u32 == hash {
+                    return Some((s as u32).wrapping_sub(1));
+                }
             }
-            if (s >> 32) as u32 == hash {
-                return Some((s as u32).wrapping_sub(1));
-            }
-            pos = (pos + 1) & mask;
-        }
+        })
     }
 
     /// The node for `path`, if it has one.
