@@ -5,3 +5,4 @@
 pub mod fsutil;
 pub mod journal;
 pub mod store;
+pub mod tls;
