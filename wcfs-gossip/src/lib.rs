@@ -6,3 +6,4 @@ pub mod fsutil;
 pub mod journal;
 pub mod store;
 pub mod tls;
+pub mod transport;
