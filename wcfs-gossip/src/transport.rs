@@ -48,6 +48,10 @@ pub struct TransportConfig {
     pub max_peers: usize,
     /// Unidirectional streams a peer may have open towards us at once (default 64).
     pub max_streams: u32,
+    /// Bytes of stream messages being received at once, over all peers (default 64 MiB; raised
+    /// to `max_message` if smaller). A stream whose length does not fit waits, and QUIC flow
+    /// control pushes back on its sender.
+    pub max_inflight_bytes: usize,
     /// A connection without any traffic for this long is dropped (default 10 s).
     pub idle_timeout: Duration,
     /// Keep-alive interval on connections (default 2 s; below `idle_timeout`).
@@ -71,6 +75,7 @@ impl TransportConfig {
             inbound_queue: 4096,
             max_peers: 1024,
             max_streams: 64,
+            max_inflight_bytes: 64 << 20,
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
             dial_timeout: Duration::from_secs(3),
@@ -195,6 +200,8 @@ struct Inner {
     counters: Counters,
     reject_log: Mutex<HashMap<IpAddr, Instant>>,
     name: Arc<str>,
+    /// Permits = bytes of stream messages that may be buffered while being received.
+    inflight: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running transport. Dropping it closes the endpoint and every connection.
@@ -247,6 +254,10 @@ impl Transport {
                 source,
             })?;
         let (tx, rx) = mpsc::channel(cfg.inbound_queue.max(1));
+        let inflight = cfg
+            .max_inflight_bytes
+            .max(cfg.max_message)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let inner = Arc::new(Inner {
             cfg,
             endpoint,
@@ -255,6 +266,7 @@ impl Transport {
             counters: Counters::default(),
             reject_log: Mutex::new(HashMap::new()),
             name: Arc::from(tls.name()),
+            inflight: Arc::new(tokio::sync::Semaphore::new(inflight)),
         });
         tokio::spawn(accept_loop(inner.clone()));
         tracing::info!(node = %inner.name, %local, "transport listening");
@@ -591,23 +603,9 @@ async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<
             let (inner, peer) = (inner.clone(), peer.clone());
             // One task per stream; the peer can have at most `max_streams` open at once.
             tokio::spawn(async move {
-                let max = inner.cfg.max_message;
-                let mut bytes = match recv.read_to_end(max + 4).await {
-                    Ok(b) => b,
-                    Err(quinn::ReadToEndError::TooLong) => {
-                        bump(&inner.counters.dropped_too_large);
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let Some((len, body)) = bytes.split_first_chunk::<4>() else {
+                let Some((bytes, permit)) = read_message(&inner, &mut recv).await else {
                     return;
                 };
-                if u32::from_le_bytes(*len) as usize != body.len() {
-                    tracing::debug!(%from, %peer, "stream message with a wrong length prefix");
-                    return;
-                }
-                bytes.drain(..4);
                 let msg = Inbound {
                     from,
                     peer,
@@ -617,8 +615,42 @@ async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<
                 if inner.inbound.send(msg).await.is_ok() {
                     bump(&inner.counters.received);
                 }
+                drop(permit);
             });
         }
     };
     tokio::join!(datagrams, streams);
+}
+
+/// Reads one framed message from a stream: the length prefix, then exactly that many bytes,
+/// then the end of the stream. `None` (after counting) for anything else.
+async fn read_message(
+    inner: &Inner,
+    recv: &mut quinn::RecvStream,
+) -> Option<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.ok()?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > inner.cfg.max_message {
+        bump(&inner.counters.dropped_too_large);
+        let _ = recv.stop(VarInt::from_u32(2));
+        return None;
+    }
+    // Held until the message is handed over; `len` fits the semaphore by construction.
+    let permit = inner
+        .inflight
+        .clone()
+        .acquire_many_owned(u32::try_from(len).ok()?)
+        .await
+        .ok()?;
+    let mut bytes = vec![0u8; len];
+    recv.read_exact(&mut bytes).await.ok()?;
+    // Trailing bytes mean a framing error: refuse rather than guess.
+    match recv.read_to_end(0).await {
+        Ok(rest) if rest.is_empty() => Some((bytes, permit)),
+        _ => {
+            bump(&inner.counters.dropped_too_large);
+            None
+        }
+    }
 }

@@ -257,3 +257,26 @@ async fn a_full_peer_queue_drops_without_blocking() {
     assert!(a.queued_bytes(dead) <= 64 << 10);
     assert_eq!(a.stats().dropped_queue_full, refused);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_memory_bound_serializes_but_delivers_everything() {
+    let c = cluster();
+    let (a, _arx) = bind(cfg(), &node_tls(&c.certs, &c.ca, "node-a"));
+    let mut tight = cfg();
+    tight.max_message = 64 << 10;
+    tight.max_inflight_bytes = 64 << 10; // room for one message at a time
+    tight.inbound_queue = 2;
+    let (b, mut brx) = bind(tight, &node_tls(&c.certs, &c.ca, "node-b"));
+    for i in 0..40u8 {
+        a.send(b.local_addr(), Channel::Stream, vec![i; 60 << 10])
+            .unwrap();
+    }
+    let mut seen = [false; 40];
+    for _ in 0..40 {
+        let m = recv(&mut brx).await;
+        assert_eq!(m.bytes.len(), 60 << 10);
+        assert!(m.bytes.iter().all(|&x| x == m.bytes[0]));
+        seen[m.bytes[0] as usize] = true;
+    }
+    assert!(seen.iter().all(|&s| s), "a message was lost");
+}
