@@ -39,6 +39,32 @@ enum Cmd {
         /// Where to mount.
         mountpoint: PathBuf,
     },
+    /// Create the cluster CA and node certificates for mutual TLS between nodes.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCmd {
+    /// Create a cluster CA: OUT/ca.pem and OUT/ca.key (mode 0600). Never overwrites.
+    Init {
+        /// Directory for the CA files (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node certificate: OUT/NAME.pem and OUT/NAME.key (mode 0600), signed by the CA.
+    Issue {
+        /// The node's name (a lowercase DNS label); peers identify the node by it.
+        name: String,
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Directory for the node's files (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn random_u64() -> anyhow::Result<u64> {
@@ -83,6 +109,21 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Ca {
+            cmd: CaCmd::Init { out },
+        } => {
+            let w = wcfs_gossip::tls::init_ca(&out).context("creating the cluster CA")?;
+            println!("{}\n{}", w.cert.display(), w.key.display());
+            Ok(())
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Issue { name, ca_dir, out },
+        } => {
+            let w = wcfs_gossip::tls::issue(&name, &ca_dir, &out)
+                .with_context(|| format!("issuing a certificate for {name}"))?;
+            println!("{}\n{}", w.cert.display(), w.key.display());
+            Ok(())
+        }
         Cmd::Mount {
             ro,
             rw,

@@ -5,3 +5,5 @@
 pub mod fsutil;
 pub mod journal;
 pub mod store;
+pub mod tls;
+pub mod transport;
