@@ -5,6 +5,14 @@ use common::*;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+/// Tests that look at what the kernel keeps cached hold this, so one test's `drop_caches`
+/// (which acts on every mount at once) cannot land in the middle of another's checks.
+static KERNEL_CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cache_lock() -> std::sync::MutexGuard<'static, ()> {
+    KERNEL_CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Asks the kernel to drop its unused dentries and inodes, which sends FUSE forgets.
 fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", b"2").expect("drop_caches (needs root)");
@@ -12,6 +20,7 @@ fn drop_caches() {
 
 #[test]
 fn forgotten_inodes_are_freed_and_numbers_stay_stable_while_cached() {
+    let _serial = cache_lock();
     const N: usize = 2000;
     let fx = Fx::new(|ro| {
         std::fs::create_dir_all(ro.join("up")).unwrap();
@@ -167,6 +176,7 @@ fn locks_through_two_mounts_sharing_the_rw_branch_exclude_each_other() {
 
 #[test]
 fn hard_links_show_one_inode_number_under_every_name() {
+    let _serial = cache_lock();
     use wcfs_core::dot::Op;
     use wcfs_core::handle::TableHandle;
     let fx = Fx::new(|ro| std::fs::write(ro.join("r"), b"ro").unwrap());
