@@ -243,27 +243,22 @@ impl Table {
         list.iter().filter_map(|p| p.live()).min()
     }
 
-    fn account(&mut self, before: &[Packed], after: &[Packed]) {
-        let class = |l: &[Packed]| -> (usize, usize) {
-            if l.is_empty() {
-                (0, 0)
-            } else if l.iter().any(|p| p.live().is_some()) {
-                (1, 0)
-            } else {
-                (0, 1)
-            }
-        };
-        let (bl, bt) = class(before);
-        let (al, at) = class(after);
-        self.live_paths = self.live_paths + al - bl;
-        self.tombstones = self.tombstones + at - bt;
+    /// (live path, tombstone) counts a state contributes.
+    fn class(l: &[Packed]) -> (usize, usize) {
+        match (l.is_empty(), l.iter().any(|p| p.live().is_some())) {
+            (true, _) => (0, 0),
+            (false, true) => (1, 0),
+            (false, false) => (0, 1),
+        }
     }
 
     /// Sets node `id`'s state to `list`, keeping the counts and freeing empty nodes.
     fn set_state(&mut self, id: NodeId, list: &[Packed]) {
         let old = self.tree.node(id).state;
-        let before: Vec<Packed> = entries(old, &self.overflow).to_vec();
-        self.account(&before, list);
+        let (bl, bt) = Self::class(&entries(old, &self.overflow));
+        let (al, at) = Self::class(list);
+        self.live_paths = self.live_paths + al - bl;
+        self.tombstones = self.tombstones + at - bt;
         let word = store(old, list, &mut self.overflow);
         self.tree.node_mut(id).state = word;
         if word == 0 {
