@@ -445,6 +445,15 @@ impl Driver {
         }
         self.drain();
         self.transport.close();
+        // Let the peers hear the close, or they keep sending into the dead connection until
+        // its idle timeout (and miss a restart on the same address for that long).
+        const CLOSE_WAIT: Duration = Duration::from_secs(1);
+        if tokio::time::timeout(CLOSE_WAIT, self.transport.wait_closed())
+            .await
+            .is_err()
+        {
+            tracing::debug!("connections still closing after {CLOSE_WAIT:?}");
+        }
     }
 
     /// Store upkeep off the async threads; `snapshot` forces a snapshot.
