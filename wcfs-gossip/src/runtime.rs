@@ -527,3 +527,23 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DurableMark;
+
+    #[test]
+    fn durable_mark_advances_only_over_a_contiguous_prefix() {
+        let mut m = DurableMark {
+            upto: 10,
+            done: Default::default(),
+        };
+        // 12 and 13 finish before 11: nothing may be released yet.
+        assert_eq!(m.complete(12), None);
+        assert_eq!(m.complete(13), None);
+        assert_eq!(m.complete(11), Some(13));
+        assert!(m.done.is_empty());
+        assert_eq!(m.complete(9), None, "below the mark: already released");
+        assert_eq!(m.complete(14), Some(14));
+    }
+}

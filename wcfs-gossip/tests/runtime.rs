@@ -208,20 +208,42 @@ fn three_runtimes_propagate_and_a_restarted_node_catches_up() {
         );
     }
 
+    // Concurrent proposers on A (their journal appends and fsyncs interleave) all get through.
+    let base = N;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for k in 0..25 {
+                    a.propose(&path(base + t * 25 + k), Op::MarkRw).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    until("concurrent proposals reach B and C", || {
+        (base..base + 100).all(|i| {
+            b.resolve(&path(i)) == Resolution::Rw && cc.resolve(&path(i)) == Resolution::Rw
+        })
+    });
+    let n = N + 100;
+
     // Stop C once it has journaled what it merged (the journal thread is asynchronous).
     until("C journals the records it merged", || {
-        cc.stats().remote_logged >= N as u64
+        cc.stats().remote_logged >= n as u64
     });
     drop(cc);
     c.stop(nodes[2].take().unwrap());
 
     // A keeps writing while C is down.
     const MORE: usize = 300;
-    for i in N..N + MORE {
+    for i in n..n + MORE {
         a.propose(&path(i), Op::MarkRw).unwrap();
     }
     until("B has the writes made while C was down", || {
-        (N..N + MORE).all(|i| b.resolve(&path(i)) == Resolution::Rw)
+        (n..n + MORE).all(|i| b.resolve(&path(i)) == Resolution::Rw)
     });
 
     // In one process the stopped endpoint may hold its UDP port a while after shutdown (a
@@ -237,15 +259,15 @@ fn three_runtimes_propagate_and_a_restarted_node_catches_up() {
     // before any peer was contacted.
     let (store, table, rec) = c.open(2);
     assert!(!rec.created);
-    assert!(rec.journal_records >= N, "{rec:?}");
-    assert!((0..N).all(|i| table.resolve(&path(i)) == Resolution::Rw));
-    assert!((N..N + MORE).all(|i| table.resolve(&path(i)) == Resolution::Ro));
+    assert!(rec.journal_records >= n, "{rec:?}");
+    assert!((0..n).all(|i| table.resolve(&path(i)) == Resolution::Rw));
+    assert!((n..n + MORE).all(|i| table.resolve(&path(i)) == Resolution::Ro));
     let t0 = Instant::now();
     tracing::info!("restarting C");
     nodes[2] = Some(c.start(2, (store, table, rec)));
     let cc = h(&nodes, 2);
     until("restarted C catches up on what it missed", || {
-        (N..N + MORE).all(|i| cc.resolve(&path(i)) == Resolution::Rw)
+        (n..n + MORE).all(|i| cc.resolve(&path(i)) == Resolution::Rw)
     });
     println!(
         "restarted C caught up on {MORE} missed mutations in {:?}",
