@@ -13,6 +13,8 @@ use wcfs_core::handle::LocalHandle;
 use wcfs_core::table::Table;
 use wcfs_gossip::store::{Store, StoreOptions};
 
+mod net;
+
 /// WCFS: a union filesystem for load-balanced web clusters.
 #[derive(Parser, Debug)]
 #[command(name = "wcfs", version, about, long_about = None)]
@@ -36,6 +38,8 @@ enum Cmd {
         /// Without it the table lives in memory only and is lost when the mount ends.
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        net: NetArgs,
         /// Where to mount.
         mountpoint: PathBuf,
     },
@@ -44,6 +48,27 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaCmd,
     },
+}
+
+/// Joining a cluster: with `--listen`, the node replicates its table with its peers over QUIC
+/// with mutual TLS (then `--data`, `--ca`, `--cert` and `--key` are required).
+#[derive(clap::Args, Debug)]
+struct NetArgs {
+    /// UDP address for QUIC (listen and dial), as peers reach it, e.g. 10.0.0.5:7946.
+    #[arg(long, requires_all = ["data", "ca", "cert", "key"])]
+    listen: Option<std::net::SocketAddr>,
+    /// Address of another node to join through (repeatable).
+    #[arg(long = "seed", requires = "listen")]
+    seeds: Vec<std::net::SocketAddr>,
+    /// The cluster CA certificate (from `wcfs ca init`).
+    #[arg(long, requires = "listen")]
+    ca: Option<PathBuf>,
+    /// This node's certificate (from `wcfs ca issue`).
+    #[arg(long, requires = "listen")]
+    cert: Option<PathBuf>,
+    /// This node's private key.
+    #[arg(long, requires = "listen")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,7 +92,7 @@ enum CaCmd {
     },
 }
 
-fn random_u64() -> anyhow::Result<u64> {
+pub(crate) fn random_u64() -> anyhow::Result<u64> {
     let mut b = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -92,7 +117,7 @@ fn block_signals() -> anyhow::Result<libc::sigset_t> {
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+pub(crate) fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     let mut sig = 0;
     // SAFETY: `set` is initialized; `sig` is a valid out pointer.
     unsafe { libc::sigwait(set, &mut sig) };
@@ -128,9 +153,23 @@ fn main() -> anyhow::Result<()> {
             ro,
             rw,
             data,
+            net,
             mountpoint,
         } => {
             let set = block_signals()?;
+            if let (Some(listen), Some(data), Some(ca), Some(cert), Some(key)) =
+                (net.listen, &data, &net.ca, &net.cert, &net.key)
+            {
+                let node = net::Node {
+                    listen,
+                    seeds: net.seeds,
+                    data,
+                    ca,
+                    cert,
+                    key,
+                };
+                return net::mount(&node, ro, rw, mountpoint, &set);
+            }
             let (handle, store) = match &data {
                 Some(dir) => {
                     let fresh = (random_u64()?, random_u64()?);

@@ -324,10 +324,25 @@ impl Store {
     /// The table is copied under its read lock (writers wait for the copy, not the write).
     /// Returns the snapshot's size in bytes.
     pub fn snapshot(&self, handle: &LocalHandle) -> Result<u64, StoreError> {
+        self.snapshot_with(|copy| handle.with_table(|t| copy(t)))
+    }
+
+    /// Like [`Store::snapshot`], for a table kept elsewhere: `read` must call the function it
+    /// is given exactly once, with the table locked so that nothing is applied to it during
+    /// the call (every record is applied before it is journaled). A `read` that does not call
+    /// it writes nothing and returns 0.
+    pub fn snapshot_with(
+        &self,
+        read: impl FnOnce(&mut dyn FnMut(&Table)),
+    ) -> Result<u64, StoreError> {
         let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
         // Everything journaled before the mark was applied to the table before being
         // journaled, so the copy holds it; entries after the mark stay in the journal.
-        let (copy, mark) = handle.with_table(|t| (t.clone(), self.journal.mark()));
+        let mut got = None;
+        read(&mut |t: &Table| got = Some((t.clone(), self.journal.mark())));
+        let Some((copy, mark)) = got else {
+            return Ok(0);
+        };
         let path = self.dir.join("table.snap");
         let mut size = 0;
         write_atomically(&path, |w| {
@@ -343,9 +358,17 @@ impl Store {
     /// Periodic upkeep: fsyncs a due `Interval` journal, and snapshots once the journal has
     /// grown past the configured size. Call about once a second.
     pub fn maintain(&self, handle: &LocalHandle) -> Result<(), StoreError> {
+        self.maintain_with(|copy| handle.with_table(|t| copy(t)))
+    }
+
+    /// Like [`Store::maintain`], for a table kept elsewhere (see [`Store::snapshot_with`]).
+    pub fn maintain_with(
+        &self,
+        read: impl FnOnce(&mut dyn FnMut(&Table)),
+    ) -> Result<(), StoreError> {
         self.journal.sync_if_due()?;
         if self.journal.len() > self.opts.snapshot_after_bytes {
-            self.snapshot(handle)?;
+            self.snapshot_with(read)?;
         }
         Ok(())
     }

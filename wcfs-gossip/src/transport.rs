@@ -539,7 +539,10 @@ async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Lets an accepted connection carry our outbound traffic too, unless the peer already has one.
+/// Lets an accepted connection carry our outbound traffic too. It replaces a connection we
+/// still think is alive: a peer that handshakes again has most likely restarted (after a
+/// crash nothing told us the old connection died, and sending on it would lose everything
+/// until its idle timeout), and if both connections are alive either one works.
 fn adopt(inner: &Arc<Inner>, addr: SocketAddr, conn: &Connection) {
     let link = {
         let mut peers = lock(&inner.peers);
@@ -555,9 +558,7 @@ fn adopt(inner: &Arc<Inner>, addr: SocketAddr, conn: &Connection) {
             None => return,
         }
     };
-    if let Ok(mut l) = link.try_lock()
-        && l.conn.as_ref().is_none_or(|c| c.close_reason().is_some())
-    {
+    if let Ok(mut l) = link.try_lock() {
         l.conn = Some(conn.clone());
         l.next_dial = None;
         l.backoff = Duration::ZERO;

@@ -74,6 +74,9 @@ pub struct Config {
     pub anti_entropy: bool,
     /// Whether to emit [`Event::Applied`] (the simulator measures propagation with it).
     pub report_applied: bool,
+    /// Whether to emit [`Event::Merged`] for every remote record that brought new dots (the
+    /// runtime journals them, so a restart need not fetch them again). Default `false`.
+    pub report_merged: bool,
 }
 
 impl Config {
@@ -109,6 +112,7 @@ impl Config {
             swim,
             anti_entropy: true,
             report_applied: false,
+            report_merged: false,
         }
     }
 }
@@ -148,6 +152,10 @@ pub enum Event {
     MemberDown(Identity),
     /// Dots this node newly learned (only with [`Config::report_applied`]).
     Applied(Vec<Dot>),
+    /// A remote record that added dots to the table (only with [`Config::report_merged`]).
+    /// Dots it carried only as superseded (`also`) are not included: a restart that lost them
+    /// fetches them again by anti-entropy.
+    Merged(Record),
 }
 
 /// Counters, for status output and the simulator.

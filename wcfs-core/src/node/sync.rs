@@ -160,6 +160,9 @@ impl Node {
                     dots.extend_from_slice(also);
                     self.event(Event::Applied(dots));
                 }
+                if self.cfg.report_merged && out.new_dots > 0 {
+                    self.event(Event::Merged(rec.clone()));
+                }
             }
             Err(e) => tracing::warn!(path = %rec.path, error = %e, "record refused"),
         }

@@ -1,0 +1,549 @@
+//! The node runtime: a tokio task that drives the sans-IO [`Node`] over the QUIC
+//! [`Transport`], with the [`Store`] journaling what it learns, and a [`TableHandle`] for the
+//! filesystem.
+//!
+//! # Design: who owns the table
+//!
+//! The [`Node`] owns the table, and the node sits behind one `std::sync::RwLock` shared by the
+//! network task and the filesystem's [`RuntimeHandle`]:
+//! - reads (`resolve`, `children`) take the read lock: FUSE threads read concurrently and
+//!   never wait for the network, only for the short write-locked steps of the task (merging a
+//!   batch of received messages, a timer step), which never do I/O under the lock;
+//! - a proposal takes the write lock only to reserve the sequence number and apply the
+//!   mutation; the journal append and its fsync (group commit: concurrent proposers share one)
+//!   run without any lock; then the lock is taken again briefly for
+//!   [`Node::mark_durable`], and the task is woken to send the push.
+//!
+//! One table and one lock keep read-your-writes trivially true and need no second copy of the
+//! table, at the price of readers waiting for a merge step (microseconds per record).
+//!
+//! Remote records the node merged ([`Event::Merged`]) are journaled by a dedicated thread
+//! through a bounded queue, so the task never blocks on an fsync; if the queue is full a
+//! record is not journaled, and a restart fetches it again by anti-entropy. A snapshot
+//! received from a peer ([`Event::Reset`]) cannot be journaled record by record, so the store
+//! writes a snapshot of the table right away.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use wcfs_core::dot::Op;
+use wcfs_core::handle::{Persist, ProposeError, TableHandle};
+use wcfs_core::journal::JournalEntry;
+use wcfs_core::node::{self, Event, Identity, Node, Transmit};
+use wcfs_core::path::WPath;
+use wcfs_core::record::Record;
+use wcfs_core::table::{Child, Resolution, Table};
+
+use crate::store::{Recovery, Store};
+use crate::tls::NodeTls;
+use crate::transport::{Inbound, Transport, TransportConfig, TransportError};
+
+/// What the filesystem must forget from its kernel caches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidate {
+    /// This path's resolution changed.
+    Path(WPath),
+    /// Anything may have changed (the table was replaced, or events were lost).
+    All,
+}
+
+/// Called from the network task for every remote change; must not block.
+pub type Invalidator = Box<dyn Fn(Invalidate) + Send + Sync>;
+
+/// Settings of a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The sync engine's settings (`report_merged` is forced on: the runtime journals merges).
+    pub node: node::Config,
+    /// The transport's settings (its `listen` is the node's address as peers see it).
+    pub transport: TransportConfig,
+    /// Interval of store upkeep (interval fsyncs, snapshots when the journal is large).
+    /// Default 1 s.
+    pub maintain_every: Duration,
+    /// Remote record batches waiting for the journal thread. Default 1024.
+    pub remote_log_queue: usize,
+    /// Received messages handled per write-locked step, at most. Default 64.
+    pub inbound_batch: usize,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a node listening on `listen` that joins through `seeds`, in a cluster of
+    /// about `cluster_size` nodes.
+    pub fn new(listen: SocketAddr, seeds: Vec<SocketAddr>, cluster_size: u32) -> RuntimeConfig {
+        let mut node = node::Config::new(cluster_size);
+        node.seeds = seeds;
+        RuntimeConfig {
+            node,
+            transport: TransportConfig::new(listen),
+            maintain_every: Duration::from_secs(1),
+            remote_log_queue: 1024,
+            inbound_batch: 64,
+        }
+    }
+}
+
+/// Counters of the runtime itself (the node and the transport have their own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Transmits the transport refused (full queue, too large): anti-entropy repairs them.
+    pub sends_dropped: u64,
+    /// Remote records journaled.
+    pub remote_logged: u64,
+    /// Remote records not journaled because the journal queue was full or the append failed.
+    pub remote_log_dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sends_dropped: AtomicU64,
+    remote_logged: AtomicU64,
+    remote_log_dropped: AtomicU64,
+}
+
+/// Own sequence numbers whose journal append finished, possibly out of order: the node may
+/// only be told about a contiguous prefix (`mark_durable(seq)` covers everything below).
+struct DurableMark {
+    upto: u64,
+    done: BTreeSet<u64>,
+}
+
+impl DurableMark {
+    /// Records `seq` as journaled; returns the new contiguous mark if it advanced.
+    fn complete(&mut self, seq: u64) -> Option<u64> {
+        if seq <= self.upto {
+            return None;
+        }
+        self.done.insert(seq);
+        let before = self.upto;
+        while self.done.remove(&(self.upto + 1)) {
+            self.upto += 1;
+        }
+        // Bounded by the number of proposals in flight at once.
+        debug_assert!(self.done.iter().all(|s| *s > self.upto + 1));
+        (self.upto > before).then_some(self.upto)
+    }
+}
+
+struct Shared {
+    node: RwLock<Node>,
+    store: Arc<Store>,
+    mark: Mutex<DurableMark>,
+    /// Wakes the task: a proposal became durable and its push is queued in the node.
+    wake: Notify,
+    stop: Notify,
+    counters: Counters,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Node> {
+        // The node's state stays consistent across a panicking reader or writer step (every
+        // step completes its own mutation before anything can panic on a later one).
+        self.node.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Node> {
+        self.node.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The filesystem's view of a runtime's table. Cheap to clone; every clone is the same node.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    shared: Arc<Shared>,
+}
+
+impl RuntimeHandle {
+    /// Runs `f` with the table read-locked.
+    pub fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
+        f(self.shared.read().table())
+    }
+
+    /// The node's identity (address, replica, generation).
+    pub fn identity(&self) -> Identity {
+        self.shared.read().identity()
+    }
+
+    /// Members currently considered up.
+    pub fn members(&self) -> Vec<Identity> {
+        self.shared.read().members()
+    }
+
+    /// The node's counters.
+    pub fn node_stats(&self) -> node::NodeStats {
+        self.shared.read().stats()
+    }
+
+    /// The runtime's counters.
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.shared.counters;
+        RuntimeStats {
+            sends_dropped: c.sends_dropped.load(Ordering::Relaxed),
+            remote_logged: c.remote_logged.load(Ordering::Relaxed),
+            remote_log_dropped: c.remote_log_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes a snapshot of the table to the store and shrinks the journal. Blocks on disk
+    /// I/O: call it from a blocking context.
+    pub fn snapshot(&self) -> Result<u64, crate::store::StoreError> {
+        self.shared
+            .store
+            .snapshot_with(|copy| copy(self.shared.read().table()))
+    }
+}
+
+impl TableHandle for RuntimeHandle {
+    fn resolve(&self, path: &WPath) -> Resolution {
+        self.shared.read().table().resolve(path)
+    }
+
+    fn children(&self, dir: Option<&WPath>) -> Vec<Child> {
+        self.shared.read().table().children(dir)
+    }
+
+    /// Applies the mutation, journals it (fsynced per the store's policy, shared with
+    /// concurrent proposers), then releases it to the node for pushing. Blocks on disk I/O:
+    /// FUSE worker threads call it, never the async task.
+    fn propose(&self, path: &WPath, op: Op) -> Result<(), ProposeError> {
+        let sh = &self.shared;
+        let (rec, seq) = {
+            let mut node = sh.write();
+            sh.store.reserve(node.table().counter() + 1)?;
+            let rec = node.propose(path, op)?;
+            (rec, node.table().counter())
+        };
+        let logged = sh.store.log_local(&rec);
+        if let Err(e) = &logged {
+            // The mutation is in the table and cannot be taken back; its seq was durably
+            // reserved, so letting it travel cannot lead to reuse. Not releasing it would stall
+            // every later mutation behind it.
+            tracing::error!(path = %path, error = %e, "journal append failed");
+        }
+        let advanced = sh
+            .mark
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .complete(seq);
+        if let Some(upto) = advanced {
+            sh.write().mark_durable(upto);
+            sh.wake.notify_one();
+        }
+        logged
+    }
+}
+
+/// A running node: the network task, the journal thread, and the handle the filesystem uses.
+pub struct Runtime {
+    handle: RuntimeHandle,
+    local: SocketAddr,
+    task: Option<JoinHandle<()>>,
+    log_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The journal thread could not be started.
+    #[error("starting the journal thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A random `u64` from the OS-seeded hasher keys (no extra dependency needed).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5743_4653);
+    h.finish()
+}
+
+impl Runtime {
+    /// Starts a node on a recovered store (from [`Store::open`]). Must be called within a
+    /// tokio runtime. `invalidate` hears about every path whose resolution a remote change
+    /// altered.
+    pub fn start(
+        mut cfg: RuntimeConfig,
+        tls: &NodeTls,
+        store: Store,
+        table: Table,
+        recovery: &Recovery,
+        invalidate: Invalidator,
+    ) -> Result<Runtime, RuntimeError> {
+        let (transport, inbound) = Transport::bind(cfg.transport.clone(), tls)?;
+        let local = transport.local_addr();
+        cfg.node.report_merged = true;
+        let identity = Identity {
+            addr: local,
+            replica: recovery.identity.replica,
+            // Only equality and order matter to SWIM; the low bits change on every restart.
+            generation: recovery.identity.generation as u32,
+        };
+        let node = Node::new(cfg.node.clone(), identity, table, random_u64());
+        let upto = node.durable();
+        let store = Arc::new(store);
+        let shared = Arc::new(Shared {
+            node: RwLock::new(node),
+            store: store.clone(),
+            mark: Mutex::new(DurableMark {
+                upto,
+                done: BTreeSet::new(),
+            }),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            counters: Counters::default(),
+        });
+        let handle = RuntimeHandle { shared };
+        let (log_tx, log_rx) = std::sync::mpsc::sync_channel(cfg.remote_log_queue.max(1));
+        let log_handle = handle.clone();
+        let log_thread = std::thread::Builder::new()
+            .name("wcfs-journal".into())
+            .spawn(move || journal_remote(log_handle, log_rx))
+            .map_err(RuntimeError::Thread)?;
+        let driver = Driver {
+            h: handle.clone(),
+            transport,
+            inbound,
+            start: Instant::now(),
+            invalidate,
+            log_tx,
+            cfg,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(Runtime {
+            handle,
+            local,
+            task: Some(task),
+            log_thread: Some(log_thread),
+        })
+    }
+
+    /// The handle for the filesystem.
+    pub fn handle(&self) -> RuntimeHandle {
+        self.handle.clone()
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops the task and the transport, waits for the journal thread to finish what it was
+    /// given, and fsyncs the journal. The store (and its directory lock) is released once
+    /// every [`RuntimeHandle`] is dropped.
+    pub async fn shutdown(mut self) {
+        self.handle.shared.stop.notify_one();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.log_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Err(e) = self.handle.shared.store.journal().sync() {
+            tracing::warn!(error = %e, "final journal sync");
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Journals remote records until the sender is gone.
+fn journal_remote(h: RuntimeHandle, rx: std::sync::mpsc::Receiver<Vec<Record>>) {
+    const MAX_BATCH: usize = 4096;
+    let c = &h.shared.counters;
+    while let Ok(first) = rx.recv() {
+        let mut batch: Vec<JournalEntry> = first.into_iter().map(JournalEntry::Record).collect();
+        while batch.len() < MAX_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            batch.extend(more.into_iter().map(JournalEntry::Record));
+        }
+        let n = batch.len() as u64;
+        match h.shared.store.journal().append_batch(&batch) {
+            Ok(()) => c.remote_logged.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "journaling remote records");
+                c.remote_log_dropped.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+struct Driver {
+    h: RuntimeHandle,
+    transport: Transport,
+    inbound: mpsc::Receiver<Inbound>,
+    start: Instant,
+    invalidate: Invalidator,
+    log_tx: std::sync::mpsc::SyncSender<Vec<Record>>,
+    cfg: RuntimeConfig,
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn run(mut self) {
+        let sh = self.h.shared.clone();
+        let mut next_maintain = Instant::now() + self.cfg.maintain_every;
+        let mut maintaining: Option<JoinHandle<()>> = None;
+        let mut buf = Vec::with_capacity(self.cfg.inbound_batch.max(1));
+        // First step: the node announces itself to the seeds.
+        sh.write().handle_timeout(self.now());
+        self.drain();
+        loop {
+            let deadline = sh.read().poll_timeout();
+            let wake_at = match deadline {
+                Some(d) => (self.start + d).min(next_maintain),
+                None => next_maintain,
+            };
+            tokio::select! {
+                _ = sh.stop.notified() => break,
+                n = self.inbound.recv_many(&mut buf, self.cfg.inbound_batch.max(1)) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let now = self.now();
+                    let mut node = sh.write();
+                    for m in buf.drain(..) {
+                        node.handle(now, m.from, &m.bytes);
+                    }
+                }
+                _ = sh.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {
+                    let now = self.now();
+                    if deadline.is_some_and(|d| d <= now) {
+                        sh.write().handle_timeout(now);
+                    }
+                    if Instant::now() >= next_maintain {
+                        next_maintain = Instant::now() + self.cfg.maintain_every;
+                        if maintaining.as_ref().is_none_or(|t| t.is_finished()) {
+                            maintaining = Some(self.maintain(false));
+                        }
+                    }
+                }
+            }
+            self.drain();
+        }
+        if let Some(t) = maintaining {
+            let _ = t.await;
+        }
+        {
+            let mut node = sh.write();
+            node.leave();
+        }
+        self.drain();
+        self.transport.close();
+        // Let the peers hear the close, or they keep sending into the dead connection until
+        // its idle timeout (and miss a restart on the same address for that long).
+        const CLOSE_WAIT: Duration = Duration::from_secs(1);
+        if tokio::time::timeout(CLOSE_WAIT, self.transport.wait_closed())
+            .await
+            .is_err()
+        {
+            tracing::debug!("connections still closing after {CLOSE_WAIT:?}");
+        }
+    }
+
+    /// Store upkeep off the async threads; `snapshot` forces a snapshot.
+    fn maintain(&self, snapshot: bool) -> JoinHandle<()> {
+        let h = self.h.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = &h.shared.store;
+            let res = store
+                .journal()
+                .sync_if_due()
+                .map_err(Into::into)
+                .and_then(|()| {
+                    if snapshot {
+                        h.snapshot().map(drop)
+                    } else {
+                        store.maintain_with(|copy| copy(h.shared.read().table()))
+                    }
+                });
+            if let Err(e) = res {
+                tracing::error!(error = %e, "store upkeep");
+            }
+        })
+    }
+
+    /// Sends what the node queued and acts on its events, outside the node lock.
+    fn drain(&mut self) {
+        let (transmits, events) = {
+            let mut node = self.h.shared.write();
+            let mut t: Vec<Transmit> = Vec::new();
+            while let Some(x) = node.poll_transmit() {
+                t.push(x);
+            }
+            let mut e = Vec::new();
+            while let Some(x) = node.poll_event() {
+                e.push(x);
+            }
+            (t, e)
+        };
+        let c = &self.h.shared.counters;
+        for t in transmits {
+            if self.transport.send(t.to, t.channel, t.bytes).is_err() {
+                c.sends_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut merged = Vec::new();
+        for e in events {
+            match e {
+                Event::PathChanged(p) => (self.invalidate)(Invalidate::Path(p)),
+                Event::Reset => {
+                    tracing::info!("table replaced by a peer's snapshot");
+                    (self.invalidate)(Invalidate::All);
+                    // The journal cannot replay a snapshot: persist the new table now.
+                    drop(self.maintain(true));
+                }
+                Event::Overflow => (self.invalidate)(Invalidate::All),
+                Event::MemberUp(id) => {
+                    tracing::info!(addr = %id.addr, replica = %id.replica, generation = id.generation, "member up")
+                }
+                Event::MemberDown(id) => {
+                    tracing::info!(addr = %id.addr, replica = %id.replica, generation = id.generation, "member down")
+                }
+                Event::Merged(r) => merged.push(r),
+                Event::Applied(_) => {}
+            }
+        }
+        if !merged.is_empty() {
+            let n = merged.len() as u64;
+            if self.log_tx.try_send(merged).is_err() {
+                c.remote_log_dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DurableMark;
+
+    #[test]
+    fn durable_mark_advances_only_over_a_contiguous_prefix() {
+        let mut m = DurableMark {
+            upto: 10,
+            done: Default::default(),
+        };
+        // 12 and 13 finish before 11: nothing may be released yet.
+        assert_eq!(m.complete(12), None);
+        assert_eq!(m.complete(13), None);
+        assert_eq!(m.complete(11), Some(13));
+        assert!(m.done.is_empty());
+        assert_eq!(m.complete(9), None, "below the mark: already released");
+        assert_eq!(m.complete(14), Some(14));
+    }
+}
