@@ -688,6 +688,10 @@ impl Shared {
                     let _ = self.rw.unlink(&tmp, false);
                     return Err(errno(e));
                 }
+                if src.st_nlink > 1 {
+                    self.propose(path, Op::MarkRw)?;
+                    return self.copy_up_links(path, &src);
+                }
             }
             libc::S_IFLNK => {
                 let target = self.ro.readlink(path).map_err(errno)?;
@@ -715,7 +719,43 @@ impl Shared {
                 }
             }
         }
-        self.propose(path, Op::MarkRw)
+        self.propose(path, Op::MarkRw)?;
+        if src.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && let Some(ino) = self.inodes.find_path(path)
+        {
+            self.inodes.mark_copied(ino);
+        }
+        Ok(())
+    }
+
+    /// After copying up `path`, an RO file with several links (`src`): every other name of it
+    /// the kernel holds as the same inode becomes an RW hard link of the copy, so that all
+    /// names of that one inode keep showing one file. Names the kernel never looked up stay
+    /// on the RO branch (another file from now on, numbered apart: see `inode.rs`).
+    fn copy_up_links(&self, path: &WPath, src: &libc::stat) -> Result<(), Errno> {
+        let Some(ino) = self.inodes.find_path(path) else {
+            return Ok(());
+        };
+        self.inodes.mark_copied(ino);
+        for q in self.inodes.paths(ino) {
+            if q == *path {
+                continue;
+            }
+            let same = matches!(self.locate(Some(&q)), Ok(f)
+                if f.side == Side::Ro && f.st.st_dev == src.st_dev && f.st.st_ino == src.st_ino);
+            if !same {
+                continue;
+            }
+            // The copy itself succeeded: a name that cannot follow it stays the RO file.
+            let r = self
+                .prepare_rw_dir(q.parent().as_ref())
+                .and_then(|()| self.rw.link(path, &q).map_err(errno))
+                .and_then(|()| self.propose(&q, Op::MarkRw));
+            if let Err(e) = r {
+                tracing::warn!(%path, link = %q, error = ?e, "hard link not copied up");
+            }
+        }
+        Ok(())
     }
 
     fn copy_file(&self, path: &WPath, tmp: &WPath, src: &libc::stat) -> Result<(), Errno> {
@@ -1061,7 +1101,7 @@ impl Shared {
         });
         for l in list {
             // A node the kernel holds may keep an older number (a copied-up file).
-            let cino = self.inodes.find(ino.0, &l.name).unwrap_or(l.number);
+            let cino = self.inodes.listed(ino.0, &l.name, l.number);
             entries.push(DirEnt {
                 name: l.name,
                 ino: cino,

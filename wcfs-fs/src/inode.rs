@@ -61,6 +61,9 @@ struct Node {
     lookups: u64,
     /// Names (of any node) whose parent is this node.
     children: u64,
+    /// The file was copied up while this node held it: its RO number now names the RW copy,
+    /// so an RO name of the same RO file that the node does not have is another file.
+    copied: bool,
 }
 
 #[derive(Default)]
@@ -73,6 +76,8 @@ struct Inner {
 #[derive(Default)]
 struct Spill {
     map: HashMap<(Origin, u64, u64), u64>,
+    /// Numbers for RO names whose RO number a copied-up node holds, by that number.
+    aliases: HashMap<u64, u64>,
     next: u64,
     warned: bool,
 }
@@ -100,6 +105,7 @@ impl Inner {
                 names: vec![(parent, name.into())],
                 lookups: 0,
                 children: 0,
+                copied: false,
             },
         );
         self.by_name.insert((parent, name.into()), ino);
@@ -153,6 +159,28 @@ impl Inner {
             n.names[..=i].rotate_right(1);
         }
     }
+    /// The union path of a node: `Some(None)` for the root, `None` if unknown or detached.
+    fn path_of(&self, ino: u64) -> Option<Option<WPath>> {
+        let mut comps: Vec<&[u8]> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let n = self.nodes.get(&cur)?;
+            let (parent, name) = n.names.first()?;
+            comps.push(name);
+            // Numbers come from backing files: a directory loop in a branch (bind mounts)
+            // must not hang the daemon.
+            if comps.len() > libc::PATH_MAX as usize / 2 {
+                return None;
+            }
+            cur = *parent;
+        }
+        if comps.is_empty() {
+            return Some(None);
+        }
+        comps.reverse();
+        WPath::new(&comps.join(&b'/')).ok().map(Some)
+    }
+
     /// Frees `ino` if nothing references it, then its parents that became unreferenced.
     fn try_free(&mut self, ino: u64) {
         let mut stack = vec![ino];
@@ -251,7 +279,7 @@ impl Inodes {
         }
         s.next += 1;
         let n = SPILL_TAG | (s.next & !TAG_MASK);
-        if s.map.len() < SPILL_MAX {
+        if s.map.len() + s.aliases.len() < SPILL_MAX {
             s.map.insert((origin, dev, ino), n);
         } else if !s.warned {
             s.warned = true;
@@ -271,6 +299,7 @@ impl Inodes {
     /// file was copied up since).
     pub(crate) fn lookup(&self, parent: u64, name: &[u8], number: u64) -> u64 {
         let mut g = self.lock();
+        let number = self.unaliased(&g, parent, name, number);
         let ino = match g.by_name.get(&(parent, Box::from(name))).copied() {
             Some(n) if n == number => n,
             Some(n)
@@ -297,6 +326,60 @@ impl Inodes {
             n.lookups += 1;
         }
         ino
+    }
+
+    /// `number` for `parent/name`, unless a copied-up node holds it under other names: then
+    /// the name is another file than that node's (an RO hard link left behind by the copy-up)
+    /// and gets a number of its own, remembered for the mount.
+    fn unaliased(&self, g: &Inner, parent: u64, name: &[u8], number: u64) -> u64 {
+        let Some(n) = g.nodes.get(&number) else {
+            return number;
+        };
+        if !n.copied || n.names.iter().any(|(p, nm)| *p == parent && **nm == *name) {
+            return number;
+        }
+        let mut s = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&a) = s.aliases.get(&number) {
+            return a;
+        }
+        s.next += 1;
+        let a = SPILL_TAG | (s.next & !TAG_MASK);
+        if s.map.len() + s.aliases.len() < SPILL_MAX {
+            s.aliases.insert(number, a);
+        }
+        a
+    }
+
+    /// The number to list `parent/name` with (found by the listing as `number`): the number
+    /// a lookup would give it.
+    pub(crate) fn listed(&self, parent: u64, name: &[u8], number: u64) -> u64 {
+        let g = self.lock();
+        match g.by_name.get(&(parent, Box::from(name))) {
+            Some(&n) => n,
+            None => self.unaliased(&g, parent, name, number),
+        }
+    }
+
+    /// Records that node `ino`'s file was copied up to the RW branch (see [`Node::copied`]).
+    pub(crate) fn mark_copied(&self, ino: u64) {
+        if let Some(n) = self.lock().nodes.get_mut(&ino) {
+            n.copied = true;
+        }
+    }
+
+    /// The union paths of every name of node `ino` (several for hard links).
+    pub(crate) fn paths(&self, ino: u64) -> Vec<WPath> {
+        let g = self.lock();
+        let Some(n) = g.nodes.get(&ino) else {
+            return Vec::new();
+        };
+        n.names
+            .iter()
+            .filter_map(|(parent, name)| {
+                let dir = g.path_of(*parent)?;
+                WPath::child_of(dir.as_ref(), name).ok()
+            })
+            .collect()
     }
 
     /// Gives node `ino` the new name `parent/name` (a hard link just made through the mount)
@@ -356,25 +439,7 @@ impl Inodes {
 
     /// The union path of a node: `Ok(None)` for the root, `Err(())` if unknown or detached.
     pub(crate) fn path(&self, ino: u64) -> Result<Option<WPath>, ()> {
-        if ino == ROOT {
-            return Ok(None);
-        }
-        let g = self.lock();
-        let mut comps: Vec<&[u8]> = Vec::new();
-        let mut cur = ino;
-        while cur != ROOT {
-            let n = g.nodes.get(&cur).ok_or(())?;
-            let (parent, name) = n.names.first().ok_or(())?;
-            comps.push(name);
-            // Numbers come from backing files: a directory loop in a branch (bind mounts)
-            // must not hang the daemon.
-            if comps.len() > libc::PATH_MAX as usize / 2 {
-                return Err(());
-            }
-            cur = *parent;
-        }
-        comps.reverse();
-        WPath::new(&comps.join(&b'/')).map(Some).map_err(|_| ())
+        self.lock().path_of(ino).ok_or(())
     }
 
     /// Detaches `parent/name` (unlink, rmdir, or the target of a rename). A node with other
@@ -480,6 +545,27 @@ mod tests {
         assert!(t.path(rw).is_err(), "the old node is detached");
         t.forget(rw, 1);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn an_ro_link_left_behind_by_a_copy_up_is_numbered_apart_until_the_copy_is_forgotten() {
+        let t = table();
+        let ro = t.number(Origin::Ro, DEV, 5);
+        assert_eq!(t.lookup(ROOT, b"a", ro), ro);
+        t.mark_copied(ro);
+        let other = t.lookup(ROOT, b"b", ro);
+        assert_ne!(other, ro);
+        assert_eq!(t.listed(ROOT, b"b", ro), other);
+        assert_eq!(t.listed(ROOT, b"c", ro), other, "the same RO file, listed");
+        t.forget(other, 1);
+        assert_eq!(
+            t.lookup(ROOT, b"b", ro),
+            other,
+            "stable while the copy is held"
+        );
+        t.forget(other, 1);
+        t.forget(ro, 1);
+        assert_eq!(t.lookup(ROOT, b"b", ro), ro);
     }
 
     #[test]

@@ -170,6 +170,47 @@ fn inode_numbers_survive_the_kernel_forgetting_them() {
     assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"h1");
 }
 
+#[test]
+fn writing_an_ro_hard_link_changes_every_name_the_kernel_holds_as_that_inode() {
+    let _serial = cache_lock();
+    let fx = Fx::new(|ro| {
+        std::fs::create_dir(ro.join("d")).unwrap();
+        std::fs::write(ro.join("h1"), b"old").unwrap();
+        std::fs::hard_link(ro.join("h1"), ro.join("d/h2")).unwrap();
+        std::fs::hard_link(ro.join("h1"), ro.join("d/h3")).unwrap();
+    });
+    let ino = |p: &str| std::fs::symlink_metadata(fx.m(p)).unwrap().ino();
+    let x = ino("h1");
+    assert_eq!(ino("d/h2"), x);
+    // Written through one name: the names of that inode show the new content.
+    std::fs::write(fx.m("h1"), b"new").unwrap();
+    assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"new");
+    assert_eq!(std::fs::read(fx.m("h1")).unwrap(), b"new");
+    assert_eq!((ino("h1"), ino("d/h2")), (x, x));
+    // A name never looked up stays the RO file: another file, with another number.
+    assert_eq!(std::fs::read(fx.m("d/h3")).unwrap(), b"old");
+    let h3 = ino("d/h3");
+    assert_ne!(h3, x);
+    let listed: Vec<u64> = std::fs::read_dir(fx.m("d"))
+        .unwrap()
+        .map(|e| {
+            use std::os::unix::fs::DirEntryExt;
+            e.unwrap().ino()
+        })
+        .collect();
+    assert!(listed.contains(&x) && listed.contains(&h3), "{listed:?}");
+    assert!(fx.rw.join("d/h2").exists() && !fx.rw.join("d/h3").exists());
+    forget_all(&fx);
+    // Forgotten and looked up again: the copies share their RW number, the RO name has its
+    // RO number back, and the contents are unchanged.
+    let y = ino("h1");
+    assert_eq!(ino("d/h2"), y);
+    assert_eq!(ino("d/h3"), x);
+    assert_ne!(x, y);
+    assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"new");
+    assert_eq!(std::fs::read(fx.m("d/h3")).unwrap(), b"old");
+}
+
 fn setlk(f: &std::fs::File, typ: i32, cmd: i32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
