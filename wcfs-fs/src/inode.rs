@@ -364,6 +364,13 @@ impl Inodes {
     pub(crate) fn mark_copied(&self, ino: u64) {
         if let Some(n) = self.lock().nodes.get_mut(&ino) {
             n.copied = true;
+            // A number handed out for an earlier copy-up of the same RO file may be held by
+            // a name that is now this node's: start afresh.
+            self.spill
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .aliases
+                .remove(&ino);
         }
     }
 
