@@ -117,9 +117,13 @@ fn inode_numbers_survive_the_kernel_forgetting_them() {
     // Writing into an RO directory gives it an RW copy; it keeps its number.
     std::fs::write(fx.m("d/new"), b"n").unwrap();
     assert_eq!(ino("d"), before[0]);
-    // A copied-up file keeps its number while the kernel holds its inode.
+    // A copied-up file keeps its number while the kernel holds its inode (an open file
+    // makes sure it does).
+    let held = std::fs::File::open(fx.m("cu")).unwrap();
     std::fs::write(fx.m("cu"), b"changed").unwrap();
     assert_eq!(ino("cu"), before[7]);
+    assert_eq!(held.metadata().unwrap().ino(), before[7]);
+    drop(held);
     let new = ino("d/new");
     let root = ino("");
 
@@ -182,6 +186,8 @@ fn writing_an_ro_hard_link_changes_every_name_the_kernel_holds_as_that_inode() {
     let ino = |p: &str| std::fs::symlink_metadata(fx.m(p)).unwrap().ino();
     let x = ino("h1");
     assert_eq!(ino("d/h2"), x);
+    // The kernel holds the inode for as long as a file of it is open.
+    let held = std::fs::File::open(fx.m("d/h2")).unwrap();
     // Written through one name: the names of that inode show the new content.
     std::fs::write(fx.m("h1"), b"new").unwrap();
     assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"new");
@@ -200,6 +206,7 @@ fn writing_an_ro_hard_link_changes_every_name_the_kernel_holds_as_that_inode() {
         .collect();
     assert!(listed.contains(&x) && listed.contains(&h3), "{listed:?}");
     assert!(fx.rw.join("d/h2").exists() && !fx.rw.join("d/h3").exists());
+    drop(held);
     forget_all(&fx);
     // Forgotten and looked up again: the copies share their RW number, the RO name has its
     // RO number back, and the contents are unchanged.
