@@ -24,6 +24,8 @@ pub(crate) struct RawEntry {
     pub name: Vec<u8>,
     /// `d_type` (`DT_*`), `DT_UNKNOWN` if the filesystem does not say.
     pub dtype: u8,
+    /// `d_ino`: the backing `st_ino` (except for a mount point inside the branch).
+    pub ino: u64,
 }
 
 /// `struct open_how` of openat2(2) (libc's is non-exhaustive).
@@ -216,19 +218,20 @@ impl Branch {
                 break;
             }
             // SAFETY: readdir64 returned a valid entry whose d_name is NUL-terminated.
-            let (name, dtype) = unsafe {
+            let (name, dtype, ino) = unsafe {
                 let e = &*ent;
                 (
                     std::ffi::CStr::from_ptr(e.d_name.as_ptr())
                         .to_bytes()
                         .to_vec(),
                     e.d_type,
+                    e.d_ino,
                 )
             };
             if name == b"." || name == b".." {
                 continue;
             }
-            out.push(RawEntry { name, dtype });
+            out.push(RawEntry { name, dtype, ino });
         }
         self.sys();
         // SAFETY: `dirp` is valid and closed once.

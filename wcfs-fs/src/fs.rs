@@ -32,8 +32,8 @@ use wcfs_core::handle::TableHandle;
 use wcfs_core::path::{MAX_NAME_LEN, PathError, WPath};
 use wcfs_core::table::Resolution;
 
-use crate::branch::{Branch, split};
-use crate::inode::{BackingKey, Inodes, ROOT};
+use crate::branch::{Branch, RawEntry, split};
+use crate::inode::{Inodes, Origin, ROOT};
 use crate::lock::Locks;
 use crate::stats::{OpKind, RwStats, enter};
 
@@ -92,13 +92,21 @@ struct Found {
     st: libc::stat,
 }
 
-impl Found {
-    /// The backing identity that makes every name of a hard-linked RW file share one inode
-    /// number. Only RW files with several links need it (RO hard links are not unified).
-    fn link_key(&self) -> Option<BackingKey> {
-        (self.side == Side::Rw && !is_dir(&self.st) && self.st.st_nlink > 1)
-            .then_some((self.st.st_dev, self.st.st_ino))
+impl Side {
+    fn origin(self) -> Origin {
+        match self {
+            Side::Ro => Origin::Ro,
+            Side::Rw => Origin::Rw,
+        }
     }
+}
+
+/// A name of a merged directory listing.
+struct Listed {
+    name: Vec<u8>,
+    kind: FileType,
+    /// The inode number (see `inode.rs`), from the backing `d_ino`.
+    number: u64,
 }
 
 struct DirEnt {
@@ -318,11 +326,19 @@ impl Shared {
         stats: Arc<RwStats>,
         cfg: FsConfig,
     ) -> Shared {
+        let dev = |b: &Branch| match b.lstat(None) {
+            Ok(st) => Some(st.st_dev),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot stat a branch root; inode numbers spill");
+                None
+            }
+        };
+        let inodes = Inodes::new(dev(&ro), dev(&rw));
         Shared {
             ro,
             rw,
             table,
-            inodes: Inodes::new(),
+            inodes,
             stats,
             cfg,
             handles: Mutex::default(),
@@ -408,6 +424,31 @@ impl Shared {
         }
     }
 
+    /// The inode number of `path`, found as `f` (see `inode.rs`): a directory on both
+    /// branches that is not opaque keeps its RO number, so writing into an RO directory (which
+    /// creates its RW copy) does not renumber it.
+    fn number(&self, path: Option<&WPath>, f: &Found) -> u64 {
+        let Some(p) = path else { return ROOT };
+        if f.side == Side::Rw
+            && is_dir(&f.st)
+            && self.table.resolve(p) == Resolution::Rw
+            && let Ok(ro) = self.ro.lstat(Some(p))
+            && is_dir(&ro)
+        {
+            return self.inodes.number(Origin::Ro, ro.st_dev, ro.st_ino);
+        }
+        self.inodes
+            .number(f.side.origin(), f.st.st_dev, f.st.st_ino)
+    }
+
+    /// The number of a listed name from its backing `d_ino` (the branch root's device is
+    /// assumed: `d_ino` of a mount point inside a branch is not its `st_ino` anyway).
+    fn listed_number(&self, side: Side, d_ino: u64) -> u64 {
+        let dev = self.inodes.branch_dev(side.origin());
+        self.inodes
+            .number(side.origin(), dev.unwrap_or(u64::MAX), d_ino)
+    }
+
     /// Whether the RO branch has `path` visibly below any RW copy (so removing the path from
     /// the union needs a whiteout).
     /// The path's own entry does not matter (an opaque directory or a file created over a
@@ -421,7 +462,7 @@ impl Shared {
     }
 
     /// The merged listing of a directory, `.`/`..` excluded.
-    fn union_list(&self, dir: Option<&WPath>) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
+    fn union_list(&self, dir: Option<&WPath>) -> Result<Vec<Listed>, Errno> {
         let res = self.resolve(dir);
         if res == Resolution::Hidden {
             return Err(Errno::ENOENT);
@@ -442,11 +483,16 @@ impl Shared {
         if !use_rw {
             let mut out = Vec::with_capacity(ro.len());
             for e in ro {
-                let k = match dtype_kind(e.dtype) {
+                let kind = match dtype_kind(e.dtype) {
                     Some(k) => k,
                     None => self.kind_of(Side::Ro, dir, &e.name)?,
                 };
-                out.push((e.name, k));
+                let number = self.listed_number(Side::Ro, e.ino);
+                out.push(Listed {
+                    name: e.name,
+                    kind,
+                    number,
+                });
             }
             return Ok(out);
         }
@@ -455,12 +501,12 @@ impl Shared {
             .iter()
             .map(|c| (c.name.as_slice(), c.kind))
             .collect();
-        let ro_names: HashMap<&[u8], u8> =
-            ro.iter().map(|e| (e.name.as_slice(), e.dtype)).collect();
+        let ro_names: HashMap<&[u8], &RawEntry> =
+            ro.iter().map(|e| (e.name.as_slice(), e)).collect();
         let rw_names: HashMap<&[u8], u8> =
             rw.iter().map(|e| (e.name.as_slice(), e.dtype)).collect();
         let opaque_here = matches!(res, Resolution::Opaque | Resolution::RwOnly);
-        let mut out: BTreeMap<Vec<u8>, (Side, u8)> = BTreeMap::new();
+        let mut out: BTreeMap<Vec<u8>, (Side, u8, u64)> = BTreeMap::new();
         for e in &rw {
             if e.name.starts_with(WH_PREFIX) {
                 continue;
@@ -471,7 +517,7 @@ impl Shared {
                 _ => opaque_here || ro_names.contains_key(e.name.as_slice()),
             };
             if show {
-                out.insert(e.name.clone(), (Side::Rw, e.dtype));
+                out.insert(e.name.clone(), (Side::Rw, e.dtype, e.ino));
             }
         }
         for e in &ro {
@@ -488,16 +534,35 @@ impl Shared {
                 _ => true,
             };
             if show {
-                out.insert(e.name.clone(), (Side::Ro, e.dtype));
+                out.insert(e.name.clone(), (Side::Ro, e.dtype, e.ino));
             }
         }
         let mut v = Vec::with_capacity(out.len());
-        for (name, (side, dtype)) in out {
-            let k = match dtype_kind(dtype) {
+        for (name, (side, dtype, d_ino)) in out {
+            let kind = match dtype_kind(dtype) {
                 Some(k) => k,
                 None => self.kind_of(side, dir, &name)?,
             };
-            v.push((name, k));
+            // A merged (not opaque) directory keeps its RO number, as `number` does.
+            let merged_ro = match ro_names.get(name.as_slice()) {
+                Some(r)
+                    if side == Side::Rw
+                        && kind == FileType::Directory
+                        && !matches!(kinds.get(name.as_slice()), Some(Some(Kind::Opaque))) =>
+                {
+                    let ro_kind = match dtype_kind(r.dtype) {
+                        Some(k) => k,
+                        None => self.kind_of(Side::Ro, dir, &name)?,
+                    };
+                    (ro_kind == FileType::Directory).then_some(r.ino)
+                }
+                _ => None,
+            };
+            let number = match merged_ro {
+                Some(i) => self.listed_number(Side::Ro, i),
+                None => self.listed_number(side, d_ino),
+            };
+            v.push(Listed { name, kind, number });
         }
         Ok(v)
     }
@@ -623,6 +688,10 @@ impl Shared {
                     let _ = self.rw.unlink(&tmp, false);
                     return Err(errno(e));
                 }
+                if src.st_nlink > 1 {
+                    self.propose(path, Op::MarkRw)?;
+                    return self.copy_up_links(path, &src);
+                }
             }
             libc::S_IFLNK => {
                 let target = self.ro.readlink(path).map_err(errno)?;
@@ -650,7 +719,43 @@ impl Shared {
                 }
             }
         }
-        self.propose(path, Op::MarkRw)
+        self.propose(path, Op::MarkRw)?;
+        if src.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && let Some(ino) = self.inodes.find_path(path)
+        {
+            self.inodes.mark_copied(ino);
+        }
+        Ok(())
+    }
+
+    /// After copying up `path`, an RO file with several links (`src`): every other name of it
+    /// the kernel holds as the same inode becomes an RW hard link of the copy, so that all
+    /// names of that one inode keep showing one file. Names the kernel never looked up stay
+    /// on the RO branch (another file from now on, numbered apart: see `inode.rs`).
+    fn copy_up_links(&self, path: &WPath, src: &libc::stat) -> Result<(), Errno> {
+        let Some(ino) = self.inodes.find_path(path) else {
+            return Ok(());
+        };
+        self.inodes.mark_copied(ino);
+        for q in self.inodes.paths(ino) {
+            if q == *path {
+                continue;
+            }
+            let same = matches!(self.locate(Some(&q)), Ok(f)
+                if f.side == Side::Ro && f.st.st_dev == src.st_dev && f.st.st_ino == src.st_ino);
+            if !same {
+                continue;
+            }
+            // The copy itself succeeded: a name that cannot follow it stays the RO file.
+            let r = self
+                .prepare_rw_dir(q.parent().as_ref())
+                .and_then(|()| self.rw.link(path, &q).map_err(errno))
+                .and_then(|()| self.propose(&q, Op::MarkRw));
+            if let Err(e) = r {
+                tracing::warn!(%path, link = %q, error = ?e, "hard link not copied up");
+            }
+        }
+        Ok(())
     }
 
     fn copy_file(&self, path: &WPath, tmp: &WPath, src: &libc::stat) -> Result<(), Errno> {
@@ -889,7 +994,9 @@ impl Shared {
         path: &WPath,
     ) -> Result<(u64, FileAttr, Duration), Errno> {
         let f = self.locate(Some(path))?;
-        let ino = self.inodes.lookup(parent.0, name.as_bytes(), f.link_key());
+        let ino = self
+            .inodes
+            .lookup(parent.0, name.as_bytes(), self.number(Some(path), &f));
         Ok((ino, attr(ino, &f.st), self.ttl(f.side)))
     }
 
@@ -992,12 +1099,13 @@ impl Shared {
             ino: ROOT,
             kind: FileType::Directory,
         });
-        for (name, kind) in list {
-            let cino = self.inodes.peek(ino.0, &name);
+        for l in list {
+            // A node the kernel holds may keep an older number (a copied-up file).
+            let cino = self.inodes.listed(ino.0, &l.name, l.number);
             entries.push(DirEnt {
-                name,
+                name: l.name,
                 ino: cino,
-                kind,
+                kind: l.kind,
             });
         }
         Ok(entries)
@@ -1267,7 +1375,8 @@ impl UnionFs {
             }
             s.commit_new(&path, over_wh, false)?;
             let st = s.rw.fstat(fd.as_raw_fd()).map_err(errno)?;
-            let ino = s.inodes.lookup(parent.0, name.as_bytes(), None);
+            let number = s.inodes.number(Origin::Rw, st.st_dev, st.st_ino);
+            let ino = s.inodes.lookup(parent.0, name.as_bytes(), number);
             Ok((ino, fd, st))
         })();
         match r {
@@ -1338,20 +1447,29 @@ impl Filesystem for UnionFs {
         let (_, path) = tri!(reply, s.child(parent, name));
         match s.locate(Some(&path)) {
             Ok(f) => {
-                let ino = s.inodes.lookup(parent.0, name.as_bytes(), f.link_key());
+                let ino = s
+                    .inodes
+                    .lookup(parent.0, name.as_bytes(), s.number(Some(&path), &f));
                 let ttl = s.ttl(f.side);
                 reply.entry_with_ttls(&ttl, &ttl, &attr(ino, &f.st), Generation(0));
             }
-            Err(e) if e == Errno::ENOENT && !s.cfg.negative_ttl.is_zero() => {
-                // A zero node id is a negative entry the kernel caches for the entry TTL.
-                reply.entry_with_ttls(
-                    &Duration::ZERO,
-                    &s.cfg.negative_ttl,
-                    &negative_attr(),
-                    Generation(0),
-                );
+            Err(e) => {
+                if e == Errno::ENOENT {
+                    // A node still named so held a file gone behind the mount's back.
+                    s.inodes.detach(parent.0, name.as_bytes());
+                }
+                if e == Errno::ENOENT && !s.cfg.negative_ttl.is_zero() {
+                    // A zero node id is a negative entry the kernel caches for the entry TTL.
+                    reply.entry_with_ttls(
+                        &Duration::ZERO,
+                        &s.cfg.negative_ttl,
+                        &negative_attr(),
+                        Generation(0),
+                    );
+                } else {
+                    reply.error(e);
+                }
             }
-            Err(e) => reply.error(e),
         }
     }
 
@@ -1823,12 +1941,12 @@ impl Filesystem for UnionFs {
         let (path, over_wh) = tri!(reply, s.new_entry(newparent, newname));
         tri!(reply, s.rw.link(&src, &path).map_err(errno));
         tri!(reply, s.commit_new(&path, over_wh, false));
-        // The new name is the same file: it gets the source's inode number.
-        if let Ok(st) = s.rw.lstat(Some(&path)) {
-            s.inodes.set_backing(ino.0, (st.st_dev, st.st_ino));
-        }
-        let (_, a, ttl) = tri!(reply, s.entry_reply(newparent, newname, &path));
-        reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+        // The new name is the same file: it joins the source's node (whose number may still
+        // be the RO one if the source was just copied up).
+        let st = tri!(reply, s.rw.lstat(Some(&path)).map_err(errno));
+        let n = s.inodes.link(ino.0, newparent.0, newname.as_bytes());
+        let ttl = s.ttl(Side::Rw);
+        reply.entry_with_ttls(&ttl, &ttl, &attr(n, &st), Generation(0));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -2178,7 +2296,7 @@ impl Filesystem for UnionFs {
                     Ok(f) => (
                         f.st,
                         s.ttl(f.side),
-                        s.inodes.lookup(ino.0, &e.name, f.link_key()),
+                        s.inodes.lookup(ino.0, &e.name, s.number(Some(&p), &f)),
                     ),
                     Err(_) => continue,
                 }

@@ -1,16 +1,29 @@
-//! Inode numbers: a tree of `(parent, name)` nodes, one per path the kernel currently knows.
+//! Inode numbers and the nodes the kernel knows.
 //!
-//! A node keeps its number for as long as the kernel holds it (numbers are never reused), so
-//! the same path shows the same `st_ino` while it is cached. Each node counts the entry
-//! replies that handed it to the kernel (the kernel's `nlookup`); `forget` takes them back,
-//! and a node nobody references any more (no lookups left, no child nodes) is freed, so the
-//! table does not grow with every path ever looked up. Renames move a node (with its subtree)
-//! instead of renumbering; an unlinked node is detached and lives until the kernel forgets it.
+//! A file's number is a pure function of its identity, so it survives the kernel forgetting
+//! the inode and looking it up again (tar, `rsync -H`, `find`, nginx's open_file_cache and PHP
+//! compare `st_ino` across calls). Like overlayfs's `xino`, the backing `st_ino` is tagged with
+//! its branch in the top two bits: [`RO_TAG`] for an entry served from the RO branch (and for a
+//! directory that exists on both branches, so that writing into an RO directory does not
+//! renumber it), [`RW_TAG`] for one served from the RW branch. A backing file on another
+//! device than its branch root (a mount inside a branch), or whose `st_ino` uses the top bits,
+//! gets a [`SPILL_TAG`] number from a map kept for the life of the mount instead. The root is
+//! always [`ROOT`]. The FUSE node id is the number itself.
 //!
-//! Hard links on the RW branch share one node: a node may have several names, and RW files
-//! with more than one link are also indexed by their backing `(st_dev, st_ino)`.
+//! Copy-up moves a file from the RO to the RW branch, so its number changes from the RO one
+//! to the RW one (as on overlayfs without `index`), but not while the kernel still holds the
+//! inode: a name whose node is held with an RO number keeps it until the kernel forgets it.
+//!
+//! The table holds one node per number the kernel currently references, reachable by its
+//! `(parent, name)` pairs. Each node counts the entry replies that handed it to the kernel
+//! (the kernel's `nlookup`); `forget` takes them back, and a node nobody references any more
+//! (no lookups left, no child nodes) is freed, so the table does not grow with every path ever
+//! looked up; looking the name up again re-creates the node under the same number. Hard links
+//! (on either branch) have one backing `st_ino`, hence one number and one node with several
+//! names. Renames move a name; an unlinked node is detached and lives until the kernel
+//! forgets it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use wcfs_core::path::WPath;
@@ -18,23 +31,39 @@ use wcfs_core::path::WPath;
 /// The FUSE root's node id.
 pub(crate) const ROOT: u64 = 1;
 
-/// Most nodes kept that the kernel was never handed (listed by `readdir` but not looked up);
-/// beyond it the oldest are freed, so listing huge directories cannot grow the table forever.
-pub(crate) const UNREFERENCED_MAX: usize = 65_536;
+/// Top-bit tag of numbers derived from an RO-branch `st_ino`.
+pub(crate) const RO_TAG: u64 = 1 << 62;
+/// Top-bit tag of numbers derived from an RW-branch `st_ino`.
+pub(crate) const RW_TAG: u64 = 2 << 62;
+/// Top-bit tag of numbers handed out by the spill map (identities that do not fit the tags).
+pub(crate) const SPILL_TAG: u64 = 3 << 62;
+const TAG_MASK: u64 = 3 << 62;
 
-/// A backing file's identity on the RW branch: `(st_dev, st_ino)`.
-pub(crate) type BackingKey = (u64, u64);
+/// Most identities the spill map remembers; beyond it new ones get fresh numbers that are
+/// unique but not stable across forgets (logged), so the map cannot grow without bound.
+pub(crate) const SPILL_MAX: usize = 1 << 20;
+
+/// Which branch a backing file was found on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Origin {
+    /// The read-only branch.
+    Ro,
+    /// The read-write branch.
+    Rw,
+}
 
 struct Node {
     /// The `(parent, name)` pairs this node is reachable by; empty once detached (unlink,
-    /// rmdir, rename-over). Usually one; more for hard links. `names[0]` is its path.
+    /// rmdir, rename-over). Usually one; more for hard links. `names[0]` is its path (the
+    /// name most recently confirmed by a lookup).
     names: Vec<(u64, Box<[u8]>)>,
     /// Entry replies the kernel has not forgotten yet.
     lookups: u64,
     /// Names (of any node) whose parent is this node.
     children: u64,
-    /// Registered in `by_backing` under this key.
-    backing: Option<BackingKey>,
+    /// The file was copied up while this node held it: its RO number now names the RW copy,
+    /// so an RO name of the same RO file that the node does not have is another file.
+    copied: bool,
 }
 
 #[derive(Default)]
@@ -42,38 +71,57 @@ struct Inner {
     nodes: HashMap<u64, Node>,
     /// Ordered so that a directory's children are one range scan.
     by_name: BTreeMap<(u64, Box<[u8]>), u64>,
-    by_backing: HashMap<BackingKey, u64>,
-    /// Nodes created with no kernel reference, oldest first (may hold stale numbers).
-    unreferenced: VecDeque<u64>,
+}
+
+#[derive(Default)]
+struct Spill {
+    map: HashMap<(Origin, u64, u64), u64>,
+    /// Numbers for RO names whose RO number a copied-up node holds, by that number.
+    aliases: HashMap<u64, u64>,
     next: u64,
+    warned: bool,
 }
 
 /// The inode table. All methods take `&self`; one mutex guards it (operations are O(depth)).
 pub(crate) struct Inodes {
     inner: Mutex<Inner>,
+    /// `st_dev` of the RO and RW branch roots (`None`: unknown, every number spills).
+    ro_dev: Option<u64>,
+    rw_dev: Option<u64>,
+    spill: Mutex<Spill>,
+}
+
+/// The tag of `number` (`0` for [`ROOT`]).
+fn tag(number: u64) -> u64 {
+    number & TAG_MASK
 }
 
 impl Inner {
-    fn insert(&mut self, parent: u64, name: &[u8], backing: Option<BackingKey>) -> u64 {
-        let ino = self.next;
-        self.next += 1;
+    fn insert(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        debug_assert!(!self.nodes.contains_key(&ino));
         self.nodes.insert(
             ino,
             Node {
                 names: vec![(parent, name.into())],
                 lookups: 0,
                 children: 0,
-                backing,
+                copied: false,
             },
         );
         self.by_name.insert((parent, name.into()), ino);
-        if let Some(k) = backing {
-            self.by_backing.insert(k, ino);
-        }
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children += 1;
         }
-        ino
+    }
+
+    /// Gives `number` the name `parent/name` (which must be free), creating its node if the
+    /// table does not hold it (first lookup, or looked up again after a forget).
+    fn attach(&mut self, number: u64, parent: u64, name: &[u8]) {
+        if self.nodes.contains_key(&number) {
+            self.add_name(number, parent, name);
+        } else {
+            self.insert(number, parent, name);
+        }
     }
 
     /// Removes the name `parent/name` from whatever node holds it; returns that node.
@@ -85,13 +133,6 @@ impl Inner {
         }
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.names.retain(|(pp, nn)| !(*pp == parent && **nn == *name));
-            if n.names.is_empty()
-                && let Some(k) = n.backing.take()
-                && self.by_backing.get(&k) == Some(&ino)
-            {
-                // A detached file's (dev, ino) may be reused by a new file.
-                self.by_backing.remove(&k);
-            }
         }
         Some(ino)
     }
@@ -104,6 +145,40 @@ impl Inner {
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.names.push((parent, name.into()));
         }
+    }
+
+    /// Makes `parent/name` the node's path (it was just confirmed by a lookup; another name
+    /// of a hard link may be stale, e.g. renamed behind the mount's back).
+    fn promote(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        if let Some(n) = self.nodes.get_mut(&ino)
+            && let Some(i) = n
+                .names
+                .iter()
+                .position(|(pp, nn)| *pp == parent && **nn == *name)
+        {
+            n.names[..=i].rotate_right(1);
+        }
+    }
+    /// The union path of a node: `Some(None)` for the root, `None` if unknown or detached.
+    fn path_of(&self, ino: u64) -> Option<Option<WPath>> {
+        let mut comps: Vec<&[u8]> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let n = self.nodes.get(&cur)?;
+            let (parent, name) = n.names.first()?;
+            comps.push(name);
+            // Numbers come from backing files: a directory loop in a branch (bind mounts)
+            // must not hang the daemon.
+            if comps.len() > libc::PATH_MAX as usize / 2 {
+                return None;
+            }
+            cur = *parent;
+        }
+        if comps.is_empty() {
+            return Some(None);
+        }
+        comps.reverse();
+        WPath::new(&comps.join(&b'/')).ok().map(Some)
     }
 
     /// Frees `ino` if nothing references it, then its parents that became unreferenced.
@@ -129,10 +204,10 @@ impl Inner {
         }
         if n.children > 0 {
             let lo = (ino, Box::<[u8]>::from(&b""[..]));
-            let hi = (ino + 1, Box::<[u8]>::from(&b""[..]));
             let mut kids: Vec<u64> = self
                 .by_name
-                .range(lo..hi)
+                .range(lo..)
+                .take_while(|((p, _), _)| *p == ino)
                 .map(|(_, &c)| c)
                 .filter(|&c| c != ino && self.nodes.get(&c).is_some_and(|c| c.lookups == 0))
                 .collect();
@@ -161,22 +236,18 @@ impl Inner {
             }
             parents.push(parent);
         }
-        if let Some(k) = n.backing
-            && self.by_backing.get(&k) == Some(&ino)
-        {
-            self.by_backing.remove(&k);
-        }
         Some(parents)
     }
 }
 
 impl Inodes {
-    pub(crate) fn new() -> Inodes {
+    /// An empty table for branches whose roots are on devices `ro_dev` and `rw_dev`.
+    pub(crate) fn new(ro_dev: Option<u64>, rw_dev: Option<u64>) -> Inodes {
         Inodes {
-            inner: Mutex::new(Inner {
-                next: ROOT + 1,
-                ..Inner::default()
-            }),
+            inner: Mutex::new(Inner::default()),
+            ro_dev,
+            rw_dev,
+            spill: Mutex::default(),
         }
     }
 
@@ -184,85 +255,154 @@ impl Inodes {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The node of `parent/name`, created if new, with one more kernel reference: call it only
-    /// for a reply that hands the kernel this entry (lookup, create, mkdir, readdirplus, ...).
-    /// `backing` (an RW file with more than one link) makes every name of the same backing
-    /// file share one node.
-    pub(crate) fn lookup(&self, parent: u64, name: &[u8], backing: Option<BackingKey>) -> u64 {
-        let mut g = self.lock();
-        let mut ino = g.by_name.get(&(parent, Box::from(name))).copied();
-        if let (Some(n), Some(k)) = (ino, backing) {
-            let other = g.by_backing.get(&k).copied();
-            let node = g.nodes.get(&n);
-            let known = node.is_some_and(|x| x.lookups > 0);
-            match other {
-                Some(m) if m != n && !known => {
-                    // The name got its own node before its link count was seen (a listing):
-                    // the kernel does not know that node, so move the name to the shared one.
-                    g.unname(parent, name);
-                    g.try_free(n);
-                    g.add_name(m, parent, name);
-                    ino = Some(m);
-                }
-                None => {
-                    if let Some(x) = g.nodes.get_mut(&n)
-                        && x.backing.is_none()
-                    {
-                        x.backing = Some(k);
-                        g.by_backing.insert(k, n);
-                    }
-                }
-                _ => {}
-            }
+    /// `st_dev` of a branch root, if known.
+    pub(crate) fn branch_dev(&self, origin: Origin) -> Option<u64> {
+        match origin {
+            Origin::Ro => self.ro_dev,
+            Origin::Rw => self.rw_dev,
         }
-        let ino = match ino {
-            Some(i) => i,
-            None => match backing.and_then(|k| g.by_backing.get(&k).copied()) {
-                Some(m) => {
-                    g.add_name(m, parent, name);
-                    m
-                }
-                None => g.insert(parent, name, backing),
-            },
+    }
+
+    /// The number of the backing file `(dev, ino)` found on branch `origin`: the same for the
+    /// same file for the life of the mount, different for different files.
+    pub(crate) fn number(&self, origin: Origin, dev: u64, ino: u64) -> u64 {
+        let (root_dev, t) = match origin {
+            Origin::Ro => (self.ro_dev, RO_TAG),
+            Origin::Rw => (self.rw_dev, RW_TAG),
         };
+        if root_dev == Some(dev) && ino & TAG_MASK == 0 {
+            return t | ino;
+        }
+        let mut s = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = s.map.get(&(origin, dev, ino)) {
+            return n;
+        }
+        s.next += 1;
+        let n = SPILL_TAG | (s.next & !TAG_MASK);
+        if s.map.len() + s.aliases.len() < SPILL_MAX {
+            s.map.insert((origin, dev, ino), n);
+        } else if !s.warned {
+            s.warned = true;
+            tracing::warn!(
+                max = SPILL_MAX,
+                "too many files on other devices or with huge inode numbers: \
+                 their st_ino may change after the kernel forgets them"
+            );
+        }
+        n
+    }
+
+    /// The node of `parent/name`, whose file has number `number` (from [`Inodes::number`]),
+    /// with one more kernel reference: call it only for a reply that hands the kernel this
+    /// entry (lookup, create, mkdir, readdirplus, ...). Returns the number to reply with:
+    /// `number`, or the RO number the name's node had while the kernel still holds it (the
+    /// file was copied up since).
+    pub(crate) fn lookup(&self, parent: u64, name: &[u8], number: u64) -> u64 {
+        let mut g = self.lock();
+        let number = self.unaliased(&g, parent, name, number);
+        let ino = match g.by_name.get(&(parent, Box::from(name))).copied() {
+            Some(n) if n == number => n,
+            Some(n)
+                if tag(n) == RO_TAG
+                    && tag(number) == RW_TAG
+                    && g.nodes.get(&n).is_some_and(|x| x.lookups > 0) =>
+            {
+                n
+            }
+            Some(n) => {
+                // The name now shows another file (replaced behind the mount's back).
+                g.unname(parent, name);
+                g.try_free(n);
+                g.attach(number, parent, name);
+                number
+            }
+            None => {
+                g.attach(number, parent, name);
+                number
+            }
+        };
+        g.promote(ino, parent, name);
         if let Some(n) = g.nodes.get_mut(&ino) {
             n.lookups += 1;
         }
         ino
     }
 
-    /// Registers `ino` as the node of RW backing file `key` (it just got a second name), so
-    /// that every other name of the file resolves to it.
-    pub(crate) fn set_backing(&self, ino: u64, key: BackingKey) {
-        let mut g = self.lock();
-        let Some(n) = g.nodes.get_mut(&ino) else {
-            return;
+    /// `number` for `parent/name`, unless a copied-up node holds it under other names: then
+    /// the name is another file than that node's (an RO hard link left behind by the copy-up)
+    /// and gets a number of its own, remembered for the mount.
+    fn unaliased(&self, g: &Inner, parent: u64, name: &[u8], number: u64) -> u64 {
+        let Some(n) = g.nodes.get(&number) else {
+            return number;
         };
-        if n.names.is_empty() {
-            return;
+        if !n.copied || n.names.iter().any(|(p, nm)| *p == parent && **nm == *name) {
+            return number;
         }
-        if let Some(old) = n.backing.replace(key)
-            && old != key
-            && g.by_backing.get(&old) == Some(&ino)
-        {
-            g.by_backing.remove(&old);
+        let mut s = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&a) = s.aliases.get(&number) {
+            return a;
         }
-        g.by_backing.insert(key, ino);
+        s.next += 1;
+        let a = SPILL_TAG | (s.next & !TAG_MASK);
+        if s.map.len() + s.aliases.len() < SPILL_MAX {
+            s.aliases.insert(number, a);
+        }
+        a
     }
 
-    /// The node of `parent/name` for a plain listing (no kernel reference is taken), created
-    /// if new; unreferenced nodes are bounded by [`UNREFERENCED_MAX`].
-    pub(crate) fn peek(&self, parent: u64, name: &[u8]) -> u64 {
-        let mut g = self.lock();
-        if let Some(&ino) = g.by_name.get(&(parent, Box::from(name))) {
-            return ino;
+    /// The number to list `parent/name` with (found by the listing as `number`): the number
+    /// a lookup would give it.
+    pub(crate) fn listed(&self, parent: u64, name: &[u8], number: u64) -> u64 {
+        let g = self.lock();
+        match g.by_name.get(&(parent, Box::from(name))) {
+            Some(&n) => n,
+            None => self.unaliased(&g, parent, name, number),
         }
-        let ino = g.insert(parent, name, None);
-        g.unreferenced.push_back(ino);
-        while g.unreferenced.len() > UNREFERENCED_MAX {
-            if let Some(old) = g.unreferenced.pop_front() {
-                g.try_free(old);
-            }
+    }
+
+    /// Records that node `ino`'s file was copied up to the RW branch (see [`Node::copied`]).
+    pub(crate) fn mark_copied(&self, ino: u64) {
+        if let Some(n) = self.lock().nodes.get_mut(&ino) {
+            n.copied = true;
+            // A number handed out for an earlier copy-up of the same RO file may be held by
+            // a name that is now this node's: start afresh.
+            self.spill
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .aliases
+                .remove(&ino);
+        }
+    }
+
+    /// The union paths of every name of node `ino` (several for hard links).
+    pub(crate) fn paths(&self, ino: u64) -> Vec<WPath> {
+        let g = self.lock();
+        let Some(n) = g.nodes.get(&ino) else {
+            return Vec::new();
+        };
+        n.names
+            .iter()
+            .filter_map(|(parent, name)| {
+                let dir = g.path_of(*parent)?;
+                WPath::child_of(dir.as_ref(), name).ok()
+            })
+            .collect()
+    }
+
+    /// Gives node `ino` the new name `parent/name` (a hard link just made through the mount)
+    /// with one more kernel reference, detaching whatever held the name. Returns `ino`.
+    pub(crate) fn link(&self, ino: u64, parent: u64, name: &[u8]) -> u64 {
+        let mut g = self.lock();
+        if !g.nodes.contains_key(&ino) {
+            drop(g);
+            return self.lookup(parent, name, ino);
+        }
+        if let Some(old) = g.unname(parent, name) {
+            g.try_free(old);
+        }
+        g.add_name(ino, parent, name);
+        if let Some(n) = g.nodes.get_mut(&ino) {
+            n.lookups += 1;
         }
         ino
     }
@@ -289,12 +429,12 @@ impl Inodes {
         self.lock().nodes.len() + 1
     }
 
-    /// The node of `parent/name` if the kernel has seen it.
+    /// The node of `parent/name` if the kernel holds it (or one of its children).
     pub(crate) fn find(&self, parent: u64, name: &[u8]) -> Option<u64> {
         self.lock().by_name.get(&(parent, Box::from(name))).copied()
     }
 
-    /// The node of a path, if every component has been seen.
+    /// The node of a path, if every component has a node.
     pub(crate) fn find_path(&self, path: &WPath) -> Option<u64> {
         let g = self.lock();
         let mut cur = ROOT;
@@ -306,20 +446,7 @@ impl Inodes {
 
     /// The union path of a node: `Ok(None)` for the root, `Err(())` if unknown or detached.
     pub(crate) fn path(&self, ino: u64) -> Result<Option<WPath>, ()> {
-        if ino == ROOT {
-            return Ok(None);
-        }
-        let g = self.lock();
-        let mut comps: Vec<&[u8]> = Vec::new();
-        let mut cur = ino;
-        while cur != ROOT {
-            let n = g.nodes.get(&cur).ok_or(())?;
-            let (parent, name) = n.names.first().ok_or(())?;
-            comps.push(name);
-            cur = *parent;
-        }
-        comps.reverse();
-        WPath::new(&comps.join(&b'/')).map(Some).map_err(|_| ())
+        self.lock().path_of(ino).ok_or(())
     }
 
     /// Detaches `parent/name` (unlink, rmdir, or the target of a rename). A node with other
@@ -361,12 +488,41 @@ impl Inodes {
 mod tests {
     use super::*;
 
+    const DEV: u64 = 7;
+
+    fn table() -> Inodes {
+        Inodes::new(Some(DEV), Some(DEV))
+    }
+
     #[test]
-    fn forgotten_nodes_are_freed_with_their_unreferenced_parents() {
-        let t = Inodes::new();
-        let d = t.lookup(ROOT, b"d", None);
-        let f = t.lookup(d, b"f", None);
-        assert_eq!(t.lookup(d, b"f", None), f);
+    fn numbers_are_a_function_of_branch_and_backing_inode() {
+        let t = table();
+        let ro = t.number(Origin::Ro, DEV, 42);
+        let rw = t.number(Origin::Rw, DEV, 42);
+        assert_ne!(ro, rw);
+        assert_ne!(ro, ROOT);
+        assert_eq!(t.number(Origin::Ro, DEV, 42), ro);
+        assert_ne!(t.number(Origin::Ro, DEV, 43), ro);
+        // Another device, or a number using the tag bits: a remembered spill number.
+        let other = t.number(Origin::Ro, DEV + 1, 42);
+        let huge = t.number(Origin::Rw, DEV, u64::MAX);
+        for n in [other, huge] {
+            assert_eq!(tag(n), SPILL_TAG);
+        }
+        assert_ne!(other, huge);
+        assert_eq!(t.number(Origin::Ro, DEV + 1, 42), other);
+        assert_eq!(t.number(Origin::Rw, DEV, u64::MAX), huge);
+        assert_ne!(t.number(Origin::Rw, DEV + 1, 42), other);
+    }
+
+    #[test]
+    fn forgotten_nodes_are_freed_and_come_back_with_their_number() {
+        let t = table();
+        let (nd, nf) = (t.number(Origin::Ro, DEV, 10), t.number(Origin::Ro, DEV, 11));
+        let d = t.lookup(ROOT, b"d", nd);
+        let f = t.lookup(d, b"f", nf);
+        assert_eq!((d, f), (nd, nf));
+        assert_eq!(t.lookup(d, b"f", nf), f);
         assert_eq!(t.len(), 3);
         t.forget(d, 1);
         // `f` still references `d`.
@@ -376,37 +532,76 @@ mod tests {
         t.forget(f, 1);
         assert_eq!(t.len(), 1);
         assert_eq!(t.find(ROOT, b"d"), None);
-        // Numbers are never reused.
-        assert!(t.lookup(ROOT, b"d", None) > f);
+        assert!(t.path(f).is_err());
+        assert_eq!(t.lookup(ROOT, b"d", nd), d);
+        assert_eq!(t.lookup(d, b"f", nf), f);
+        assert_eq!(t.path(f).unwrap().unwrap().as_bytes(), b"d/f");
     }
 
     #[test]
-    fn listed_children_go_with_their_forgotten_directory() {
-        let t = Inodes::new();
-        let d = t.lookup(ROOT, b"d", None);
-        for i in 0..10u8 {
-            t.peek(d, &[b'a' + i]);
-        }
-        assert_eq!(t.len(), 12);
-        t.forget(d, 1);
-        assert_eq!(t.len(), 1);
+    fn a_copied_up_file_keeps_its_number_while_held_and_a_replaced_one_does_not() {
+        let t = table();
+        let (ro, rw) = (t.number(Origin::Ro, DEV, 5), t.number(Origin::Rw, DEV, 9));
+        assert_eq!(t.lookup(ROOT, b"a", ro), ro);
+        assert_eq!(t.lookup(ROOT, b"a", rw), ro);
+        t.forget(ro, 2);
+        assert_eq!(t.lookup(ROOT, b"a", rw), rw);
+        // Another RW file under the same name (made behind the mount's back).
+        let rw2 = t.number(Origin::Rw, DEV, 10);
+        assert_eq!(t.lookup(ROOT, b"a", rw2), rw2);
+        assert!(t.path(rw).is_err(), "the old node is detached");
+        t.forget(rw, 1);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn an_ro_link_left_behind_by_a_copy_up_is_numbered_apart_until_the_copy_is_forgotten() {
+        let t = table();
+        let ro = t.number(Origin::Ro, DEV, 5);
+        assert_eq!(t.lookup(ROOT, b"a", ro), ro);
+        t.mark_copied(ro);
+        let other = t.lookup(ROOT, b"b", ro);
+        assert_ne!(other, ro);
+        assert_eq!(t.listed(ROOT, b"b", ro), other);
+        assert_eq!(t.listed(ROOT, b"c", ro), other, "the same RO file, listed");
+        t.forget(other, 1);
+        assert_eq!(
+            t.lookup(ROOT, b"b", ro),
+            other,
+            "stable while the copy is held"
+        );
+        t.forget(other, 1);
+        t.forget(ro, 1);
+        assert_eq!(t.lookup(ROOT, b"b", ro), ro);
     }
 
     #[test]
     fn hard_links_share_a_node_until_every_name_is_gone() {
-        let t = Inodes::new();
-        let k = Some((1, 42));
-        let a = t.lookup(ROOT, b"a", k);
-        let listed = t.peek(ROOT, b"b");
-        assert_ne!(listed, a);
-        assert_eq!(t.lookup(ROOT, b"b", k), a);
+        let t = table();
+        let n = t.number(Origin::Rw, DEV, 42);
+        let a = t.lookup(ROOT, b"a", n);
+        assert_eq!(t.lookup(ROOT, b"b", n), a);
+        assert_eq!(t.link(a, ROOT, b"l"), a);
         t.detach(ROOT, b"a");
         assert_eq!(t.path(a).unwrap().unwrap().as_bytes(), b"b");
         t.rename(ROOT, b"b", ROOT, b"c");
         assert_eq!(t.path(a).unwrap().unwrap().as_bytes(), b"c");
         t.detach(ROOT, b"c");
+        assert_eq!(t.path(a).unwrap().unwrap().as_bytes(), b"l");
+        t.detach(ROOT, b"l");
         assert!(t.path(a).is_err());
-        t.forget(a, 2);
+        t.forget(a, 3);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn the_latest_looked_up_name_of_a_link_is_its_path() {
+        let t = table();
+        let n = t.number(Origin::Rw, DEV, 3);
+        t.lookup(ROOT, b"old", n);
+        t.lookup(ROOT, b"new", n);
+        assert_eq!(t.path(n).unwrap().unwrap().as_bytes(), b"new");
+        t.lookup(ROOT, b"old", n);
+        assert_eq!(t.path(n).unwrap().unwrap().as_bytes(), b"old");
     }
 }

@@ -153,8 +153,8 @@ impl MountGuard {
     }
 
     /// Inode numbers the daemon currently keeps (the root included): the nodes the kernel
-    /// holds references to, their ancestors, detached-but-referenced nodes, and a bounded
-    /// number of listed-but-never-looked-up names. It shrinks when the kernel forgets inodes.
+    /// holds references to, their ancestors and detached-but-referenced nodes. It shrinks
+    /// when the kernel forgets inodes (a forgotten file keeps its number when looked up again).
     pub fn inodes(&self) -> usize {
         self.shared.inodes.len()
     }

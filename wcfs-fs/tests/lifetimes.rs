@@ -56,9 +56,9 @@ fn forgotten_inodes_are_freed_and_numbers_stay_stable_while_cached() {
     // The open file's inode is still known to the kernel: same number by path and by fd.
     assert_eq!(std::fs::metadata(fx.m("up/f1")).unwrap().ino(), open_ino);
     assert_eq!(open.metadata().unwrap().ino(), open_ino);
-    // Looked up again: a number that stays the same while cached, and the content is right.
+    // Looked up again: the number it had before the kernel forgot it.
     let a = std::fs::metadata(fx.m("up/f0")).unwrap().ino();
-    assert_eq!(std::fs::metadata(fx.m("up/f0")).unwrap().ino(), a);
+    assert_eq!(a, first);
     assert_ne!(a, open_ino);
     assert_eq!(std::fs::read(fx.m("w/n7")).unwrap(), b"y");
     assert_eq!(std::fs::read(fx.m("up/f5")).unwrap(), b"x");
@@ -73,6 +73,149 @@ fn forgotten_inodes_are_freed_and_numbers_stay_stable_while_cached() {
         g.inodes()
     );
     drop(open);
+}
+
+/// Forgets every inode the kernel does not need (nothing is open in the mount).
+fn forget_all(fx: &Fx) {
+    let g = fx.guard.as_ref().unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            drop_caches();
+            g.inodes() <= 1
+        }),
+        "inodes after drop_caches: {}",
+        g.inodes()
+    );
+}
+
+#[test]
+fn inode_numbers_survive_the_kernel_forgetting_them() {
+    let _serial = cache_lock();
+    let fx = Fx::new(|ro| {
+        std::fs::create_dir_all(ro.join("d/sub")).unwrap();
+        for f in ["d/a", "d/b", "d/sub/c", "h1", "cu"] {
+            std::fs::write(ro.join(f), f.as_bytes()).unwrap();
+        }
+        std::fs::hard_link(ro.join("h1"), ro.join("d/h2")).unwrap();
+    });
+    std::fs::create_dir(fx.m("wd")).unwrap();
+    std::fs::write(fx.m("wd/x"), b"x").unwrap();
+    std::fs::write(fx.m("w"), b"w").unwrap();
+    let paths = [
+        "d", "d/a", "d/b", "d/sub", "d/sub/c", "h1", "d/h2", "cu", "wd", "wd/x", "w",
+    ];
+    let ino = |p: &str| std::fs::symlink_metadata(fx.m(p)).unwrap().ino();
+    let numbers = || -> Vec<u64> { paths.iter().map(|p| ino(p)).collect() };
+    let before = numbers();
+    // RO hard links share a number; every other file has its own, and none is the root's.
+    assert_eq!(ino("h1"), ino("d/h2"));
+    let mut distinct = before.clone();
+    distinct.push(ino(""));
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), paths.len(), "{before:?}");
+    // Writing into an RO directory gives it an RW copy; it keeps its number.
+    std::fs::write(fx.m("d/new"), b"n").unwrap();
+    assert_eq!(ino("d"), before[0]);
+    // A copied-up file keeps its number while the kernel holds its inode (an open file
+    // makes sure it does).
+    let held = std::fs::File::open(fx.m("cu")).unwrap();
+    std::fs::write(fx.m("cu"), b"changed").unwrap();
+    assert_eq!(ino("cu"), before[7]);
+    assert_eq!(held.metadata().unwrap().ino(), before[7]);
+    drop(held);
+    let new = ino("d/new");
+    let root = ino("");
+
+    forget_all(&fx);
+    let after = numbers();
+    for (i, p) in paths.iter().enumerate() {
+        if *p != "cu" {
+            assert_eq!(after[i], before[i], "{p}");
+        }
+    }
+    assert_eq!(ino("d/new"), new);
+    assert_eq!(ino(""), root);
+    // The copied-up file is now numbered from its RW copy (as on overlayfs without `index`),
+    // then keeps that number.
+    let cu = ino("cu");
+    assert!(!before.contains(&cu) && cu != new, "{cu} in {before:?}");
+    // Listed numbers (`d_ino`) agree with `stat`, before and after another forget.
+    let listed = |dir: &str| -> Vec<(String, u64)> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(fx.m(dir))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), e.ino())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    forget_all(&fx);
+    for dir in ["", "d"] {
+        let l = listed(dir);
+        assert!(!l.is_empty());
+        for (name, n) in l {
+            let p = if dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{dir}/{name}")
+            };
+            assert_eq!(n, ino(&p), "{p}");
+        }
+    }
+    forget_all(&fx);
+    assert_eq!(ino("cu"), cu);
+    assert_eq!(numbers()[..7], before[..7]);
+    assert_eq!(numbers()[8..], before[8..]);
+    assert_eq!(std::fs::read(fx.m("cu")).unwrap(), b"changed");
+    assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"h1");
+}
+
+#[test]
+fn writing_an_ro_hard_link_changes_every_name_the_kernel_holds_as_that_inode() {
+    let _serial = cache_lock();
+    let fx = Fx::new(|ro| {
+        std::fs::create_dir(ro.join("d")).unwrap();
+        std::fs::write(ro.join("h1"), b"old").unwrap();
+        std::fs::hard_link(ro.join("h1"), ro.join("d/h2")).unwrap();
+        std::fs::hard_link(ro.join("h1"), ro.join("d/h3")).unwrap();
+    });
+    let ino = |p: &str| std::fs::symlink_metadata(fx.m(p)).unwrap().ino();
+    let x = ino("h1");
+    assert_eq!(ino("d/h2"), x);
+    // The kernel holds the inode for as long as a file of it is open.
+    let held = std::fs::File::open(fx.m("d/h2")).unwrap();
+    // Written through one name: the names of that inode show the new content.
+    std::fs::write(fx.m("h1"), b"new").unwrap();
+    assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"new");
+    assert_eq!(std::fs::read(fx.m("h1")).unwrap(), b"new");
+    assert_eq!((ino("h1"), ino("d/h2")), (x, x));
+    // A name never looked up stays the RO file: another file, with another number.
+    assert_eq!(std::fs::read(fx.m("d/h3")).unwrap(), b"old");
+    let h3 = ino("d/h3");
+    assert_ne!(h3, x);
+    let listed: Vec<u64> = std::fs::read_dir(fx.m("d"))
+        .unwrap()
+        .map(|e| {
+            use std::os::unix::fs::DirEntryExt;
+            e.unwrap().ino()
+        })
+        .collect();
+    assert!(listed.contains(&x) && listed.contains(&h3), "{listed:?}");
+    assert!(fx.rw.join("d/h2").exists() && !fx.rw.join("d/h3").exists());
+    drop(held);
+    forget_all(&fx);
+    // Forgotten and looked up again: the copies share their RW number, the RO name has its
+    // RO number back, and the contents are unchanged.
+    let y = ino("h1");
+    assert_eq!(ino("d/h2"), y);
+    assert_eq!(ino("d/h3"), x);
+    assert_ne!(x, y);
+    assert_eq!(std::fs::read(fx.m("d/h2")).unwrap(), b"new");
+    assert_eq!(std::fs::read(fx.m("d/h3")).unwrap(), b"old");
 }
 
 fn setlk(f: &std::fs::File, typ: i32, cmd: i32) -> std::io::Result<()> {
