@@ -1,25 +1,11 @@
 //! `wcfs mount`: a real process, a real mount, unmounted cleanly on SIGTERM.
 
+mod common;
+use common::{Proc, is_mounted};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Proc(Child, std::path::PathBuf);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let c = std::ffi::CString::new(self.1.to_str().unwrap()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let canon = p.canonicalize().unwrap();
-    mi.lines()
-        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
-}
 
 fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t = Instant::now();

@@ -3,30 +3,15 @@
 //! other once the table change arrives (the RW branch alone is not enough: the table decides
 //! what a mount shows), and a delete disappears the same way.
 
+mod common;
+use common::{Proc, is_mounted};
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A running `wcfs mount`; killed and lazily unmounted when dropped, even if the test fails.
-struct Proc(Child, PathBuf);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let c = std::ffi::CString::new(self.1.to_str().unwrap()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let canon = p.canonicalize().unwrap();
-    mi.lines()
-        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
-}
 
 /// Polls `f` until it holds; panics at the deadline.
 fn until(what: &str, mut f: impl FnMut() -> bool) {
