@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wcfs_core::node::{Config, Event, Identity, Node, SimpleRng};
+use wcfs_core::node::{Config, Event, Identity, Node, NodeName, SimpleRng};
 use wcfs_core::{Dot, Op, Record, ReplicaId, Table, WPath};
 
 pub use scenario::{Opts, Scenario};
@@ -395,6 +395,7 @@ impl Sim {
         }
         let id = Identity {
             addr: sn.addr,
+            name: NodeName::new(&format!("n{i}")).unwrap_or(NodeName::UNKNOWN),
             replica: sn.replica,
             generation: sn.generation,
         };

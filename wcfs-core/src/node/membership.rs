@@ -1,7 +1,9 @@
 //! Membership and failure detection: SWIM via `foca`, driven sans-IO through its `Runtime`
 //! trait. Identities carry the address the driver routes by, the stable [`ReplicaId`] and a
 //! generation bumped on every restart, so a restarted node is a new member that replaces its
-//! old self (same address, higher generation wins).
+//! old self (same address, higher generation wins). They also carry the node's name, the one
+//! its TLS certificate was issued for, so the driver can check that a packet's claimed sender is
+//! the peer the connection authenticated.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -13,11 +15,90 @@ use foca::{Header, Incarnation, Member, Message as FMsg, Notification, State, Ti
 
 use crate::dot::ReplicaId;
 
+/// The longest node name: one DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A node's name: a lowercase DNS label (1–63 of `[a-z0-9-]`, starting with a letter, not
+/// ending with `-`), or empty for "not known yet" (a seed placeholder). Stored inline so that
+/// [`Identity`] stays `Copy` and allocation-free.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeName {
+    len: u8,
+    bytes: [u8; MAX_NAME_LEN],
+}
+
+/// Why a string is not a node name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid node name {0:?}: use 1-63 of [a-z0-9-], starting with a letter, not ending with '-'"
+)]
+pub struct BadName(pub String);
+
+impl NodeName {
+    /// The empty name: a member whose name is not known yet (a seed placeholder).
+    pub const UNKNOWN: NodeName = NodeName {
+        len: 0,
+        bytes: [0; MAX_NAME_LEN],
+    };
+
+    /// Whether `b` is a valid (non-empty) node name.
+    pub fn is_valid(b: &[u8]) -> bool {
+        !b.is_empty()
+            && b.len() <= MAX_NAME_LEN
+            && b[0].is_ascii_lowercase()
+            && b[b.len() - 1] != b'-'
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    }
+
+    /// The name `s`, if it is a valid node name (never [`NodeName::UNKNOWN`]).
+    pub fn new(s: &str) -> Result<NodeName, BadName> {
+        Self::from_bytes(s.as_bytes()).ok_or_else(|| BadName(s.to_string()))
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<NodeName> {
+        if !Self::is_valid(b) {
+            return None;
+        }
+        let mut bytes = [0; MAX_NAME_LEN];
+        bytes[..b.len()].copy_from_slice(b);
+        Some(NodeName {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name as text (empty for [`NodeName::UNKNOWN`]).
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (checked on construction and decoding).
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+
+    /// Whether this is [`NodeName::UNKNOWN`].
+    pub fn is_unknown(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
 /// A member's identity as SWIM sees it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct Identity {
     /// Where the driver reaches the member.
     pub addr: SocketAddr,
+    /// The node's name, as in its certificate ([`NodeName::UNKNOWN`] in a seed placeholder).
+    pub name: NodeName,
     /// The member's stable replica id (0 in a seed placeholder: unknown yet).
     pub replica: ReplicaId,
     /// Bumped on every restart of the member.
@@ -58,7 +139,7 @@ pub enum SwimDecodeError {
 }
 
 /// Encoded size of an identity, at most.
-const ID_MAX: usize = 1 + 16 + 2 + 8 + 4;
+const ID_MAX: usize = 1 + 16 + 2 + 8 + 4 + 1 + MAX_NAME_LEN;
 
 fn room(buf: &impl BufMut, n: usize) -> Result<(), SwimDecodeError> {
     if buf.remaining_mut() < n {
@@ -94,6 +175,8 @@ fn put_id(id: &Identity, buf: &mut impl BufMut) {
     buf.put_u16_le(id.addr.port());
     buf.put_u64_le(id.replica.0);
     buf.put_u32_le(id.generation);
+    buf.put_u8(id.name.len);
+    buf.put_slice(&id.name.bytes[..id.name.len as usize]);
 }
 
 fn get_id(buf: &mut impl Buf) -> Result<Identity, SwimDecodeError> {
@@ -117,8 +200,22 @@ fn get_id(buf: &mut impl Buf) -> Result<Identity, SwimDecodeError> {
     let port = buf.get_u16_le();
     let replica = ReplicaId(buf.get_u64_le());
     let generation = buf.get_u32_le();
+    need(buf, 1)?;
+    let len = buf.get_u8() as usize;
+    let name = if len == 0 {
+        NodeName::UNKNOWN
+    } else {
+        if len > MAX_NAME_LEN {
+            return Err(SwimDecodeError::Invalid("name length"));
+        }
+        need(buf, len)?;
+        let mut b = [0u8; MAX_NAME_LEN];
+        buf.copy_to_slice(&mut b[..len]);
+        NodeName::from_bytes(&b[..len]).ok_or(SwimDecodeError::Invalid("node name"))?
+    };
     Ok(Identity {
         addr: SocketAddr::new(ip, port),
+        name,
         replica,
         generation,
     })
@@ -374,6 +471,7 @@ mod tests {
     fn id(n: u8) -> Identity {
         Identity {
             addr: SocketAddr::from(([10, 0, 0, n], 7000)),
+            name: NodeName::new(&format!("node-{n}")).unwrap(),
             replica: ReplicaId(n as u64),
             generation: 3,
         }
@@ -404,6 +502,51 @@ mod tests {
         let a = id(1);
         let b = a.renew().unwrap();
         assert!(b.win_addr_conflict(&a) && !a.win_addr_conflict(&b));
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for ok in ["a", "n17", "web-01", &"x".repeat(63)] {
+            assert_eq!(NodeName::new(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "1a", "a-", "A", "a.b", "a_b", "é", &"x".repeat(64)] {
+            assert!(NodeName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(NodeName::UNKNOWN.is_unknown() && NodeName::UNKNOWN.as_str().is_empty());
+    }
+
+    #[test]
+    fn member_with_each_name_shape_roundtrips() {
+        for name in [NodeName::UNKNOWN, NodeName::new(&"z".repeat(63)).unwrap()] {
+            let m = Member::new(Identity { name, ..id(9) }, 7, State::Suspect);
+            let mut buf = Vec::new();
+            SwimCodec.encode_member(&m, &mut buf).unwrap();
+            assert!(buf.len() <= ID_MAX + 3);
+            assert_eq!(SwimCodec.decode_member(&buf[..]).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn invalid_names_on_the_wire_are_refused() {
+        let m = Member::new(id(1), 1, State::Alive);
+        let mut buf = Vec::new();
+        SwimCodec.encode_member(&m, &mut buf).unwrap();
+        // The name "node-1" starts after family, 4 address bytes, port, replica, generation
+        // and its length byte.
+        let at = 1 + 4 + 2 + 8 + 4 + 1;
+        assert_eq!(&buf[at..at + 6], b"node-1");
+        let mut upper = buf.clone();
+        upper[at] = b'N';
+        assert_eq!(
+            SwimCodec.decode_member(&upper[..]),
+            Err(SwimDecodeError::Invalid("node name"))
+        );
+        let mut long = buf.clone();
+        long[at - 1] = 64;
+        assert_eq!(
+            SwimCodec.decode_member(&long[..]),
+            Err(SwimDecodeError::Invalid("name length"))
+        );
     }
 
     proptest! {

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use foca::{Foca, NoCustomBroadcast};
 
-pub use membership::{Identity, SimpleRng, SwimCodec, SwimDecodeError};
+pub use membership::{
+    BadName, Identity, MAX_NAME_LEN, NodeName, SimpleRng, SwimCodec, SwimDecodeError,
+};
 pub use wire::{Message, WireError};
 
 use crate::dot::{Dot, Op, ReplicaId};
@@ -312,6 +314,34 @@ impl Node {
         self.peers.values().map(|p| p.id).collect()
     }
 
+    /// The name of whoever sent `bytes`, received from `from`, claims to be: for a SWIM packet
+    /// the sender in its header, for sync traffic the member known at `from`. `None` when
+    /// there is no claim to check (sync traffic from an address that is not a member yet, or
+    /// bytes that [`Node::handle`] will refuse anyway). A driver that knows the sender's
+    /// authenticated name drops a message whose claim differs.
+    pub fn sender_name(&self, from: SocketAddr, bytes: &[u8]) -> Option<NodeName> {
+        self.claimed_name(from, bytes, true)
+    }
+
+    /// The name of the member a packet to `to` is meant for: the recipient in a SWIM header
+    /// (unknown for an announce to a seed), or the member known at `to` for sync traffic.
+    /// `None` when there is no expectation to check.
+    pub fn recipient_name(&self, to: SocketAddr, bytes: &[u8]) -> Option<NodeName> {
+        self.claimed_name(to, bytes, false)
+    }
+
+    fn claimed_name(&self, addr: SocketAddr, bytes: &[u8], src: bool) -> Option<NodeName> {
+        use foca::Codec;
+        match Message::swim_payload(bytes) {
+            Some(p) => {
+                let h = SwimCodec.decode_header(p).ok()?;
+                let n = if src { h.src.name } else { h.dst.name };
+                (src || !n.is_unknown()).then_some(n)
+            }
+            None => self.peers.get(&addr).map(|p| p.id.name),
+        }
+    }
+
     /// Bytes waiting in the outbound queue, all peers together.
     pub fn queued_bytes(&self) -> usize {
         self.peers.values().map(|p| p.queued).sum()
@@ -497,6 +527,7 @@ impl Node {
             }
             let placeholder = Identity {
                 addr,
+                name: NodeName::UNKNOWN,
                 replica: ReplicaId(0),
                 generation: 0,
             };

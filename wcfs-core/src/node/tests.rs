@@ -28,6 +28,7 @@ impl Net {
                 cfg.anti_entropy = ae;
                 let id = Identity {
                     addr: addr(i),
+                    name: NodeName::new(&format!("n{i}")).unwrap(),
                     replica: ReplicaId(100 + i as u64),
                     generation: 0,
                 };
@@ -193,4 +194,57 @@ fn anti_entropy_repairs_a_node_that_missed_pushes() {
         assert_eq!(net.live(0).len(), 19);
         assert_eq!(net.live(0) == net.live(1), ae, "anti-entropy {ae}");
     }
+}
+
+#[test]
+fn claimed_sender_and_recipient_names() {
+    let mut net = Net::new(3, true);
+    net.run_until(Duration::from_secs(3));
+    let name = |s: &str| Some(NodeName::new(s).unwrap());
+    // A SWIM packet names its sender and recipient in its header.
+    net.nodes[0].handle_timeout(net.now + Duration::from_secs(2));
+    let mut swim = None;
+    let mut sync = None;
+    net.nodes[0].propose(&p("up/x"), Op::MarkRw).unwrap();
+    net.nodes[0].mark_durable(u64::MAX);
+    while let Some(t) = net.nodes[0].poll_transmit() {
+        match t.channel {
+            Channel::Datagram if t.to == addr(1) => swim = Some(t),
+            Channel::Stream if t.to == addr(1) => sync = Some(t),
+            _ => {}
+        }
+    }
+    let swim = swim.expect("a SWIM packet to n1");
+    assert_eq!(net.nodes[1].sender_name(addr(0), &swim.bytes), name("n0"));
+    assert_eq!(
+        net.nodes[0].recipient_name(addr(1), &swim.bytes),
+        name("n1")
+    );
+    // Sync traffic names no one: the member known at the address is the claim.
+    let sync = sync.expect("a push to n1");
+    assert_eq!(net.nodes[1].sender_name(addr(0), &sync.bytes), name("n0"));
+    assert_eq!(
+        net.nodes[0].recipient_name(addr(1), &sync.bytes),
+        name("n1")
+    );
+    // No member at that address: nothing to check.
+    let stranger: SocketAddr = "10.9.9.9:7000".parse().unwrap();
+    assert_eq!(net.nodes[1].sender_name(stranger, &sync.bytes), None);
+    // Garbage claims nothing (the node refuses it anyway).
+    assert_eq!(net.nodes[1].sender_name(addr(0), b"WCFS\x01\x00junk"), None);
+}
+
+#[test]
+fn an_announce_to_a_seed_expects_no_name() {
+    let mut net = Net::new(2, true);
+    net.nodes[1].handle_timeout(Duration::ZERO);
+    let t = net.nodes[1]
+        .poll_transmit()
+        .expect("an announce to the seed");
+    assert_eq!(t.to, addr(0));
+    assert_eq!(net.nodes[1].recipient_name(t.to, &t.bytes), None);
+    assert_eq!(
+        net.nodes[0].sender_name(addr(1), &t.bytes),
+        Some(NodeName::new("n1").unwrap())
+    );
 }

@@ -169,6 +169,15 @@ impl Message {
         w.into_bytes()
     }
 
+    /// The SWIM payload of `bytes` if they are a SWIM message of this format version, without
+    /// decoding anything else (drivers peek at SWIM headers to check who sent them).
+    pub fn swim_payload(bytes: &[u8]) -> Option<&[u8]> {
+        match bytes {
+            [m0, m1, m2, m3, VERSION, 0, rest @ ..] if [*m0, *m1, *m2, *m3] == MAGIC => Some(rest),
+            _ => None,
+        }
+    }
+
     /// Decodes one whole message. Total: never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         let mut r = Reader::new(bytes);
