@@ -22,9 +22,21 @@
 //! record is not journaled, and a restart fetches it again by anti-entropy. A snapshot
 //! received from a peer ([`Event::Reset`]) cannot be journaled record by record, so the store
 //! writes a snapshot of the table right away.
+//!
+//! # Who is talking
+//!
+//! The transport authenticates every connection's peer by its certificate's node name, and every
+//! member record carries the name the member claims. A message whose claimed sender (the SWIM
+//! header's source, or for sync traffic the member known at the connection's address) is not
+//! the certificate's node is dropped before the node sees it, and logged once a minute per
+//! peer; outbound messages are only handed to a connection whose certificate names the member
+//! they are meant for. A node with a valid certificate therefore cannot speak for, or listen
+//! in place of, another member.
 
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -34,7 +46,7 @@ use tokio::task::JoinHandle;
 use wcfs_core::dot::Op;
 use wcfs_core::handle::{Persist, ProposeError, TableHandle};
 use wcfs_core::journal::JournalEntry;
-use wcfs_core::node::{self, Event, Identity, Node, Transmit};
+use wcfs_core::node::{self, Event, Identity, Node, NodeName, Transmit};
 use wcfs_core::path::WPath;
 use wcfs_core::record::Record;
 use wcfs_core::table::{Child, Resolution, Table};
@@ -77,6 +89,9 @@ impl RuntimeConfig {
     pub fn new(listen: SocketAddr, seeds: Vec<SocketAddr>, cluster_size: u32) -> RuntimeConfig {
         let mut node = node::Config::new(cluster_size);
         node.seeds = seeds;
+        // A SWIM packet must fit one QUIC datagram before path MTU discovery has raised the
+        // limit (about 1,150 bytes at QUIC's 1,200-byte minimum MTU), wire header included.
+        node.swim.max_packet_size = std::num::NonZeroUsize::new(1100).unwrap_or(NonZeroUsize::MIN);
         RuntimeConfig {
             node,
             transport: TransportConfig::new(listen),
@@ -96,6 +111,9 @@ pub struct RuntimeStats {
     pub remote_logged: u64,
     /// Remote records not journaled because the journal queue was full or the append failed.
     pub remote_log_dropped: u64,
+    /// Received messages dropped because they claimed to come from another node than the one
+    /// the connection's certificate names.
+    pub impostor_dropped: u64,
 }
 
 #[derive(Default)]
@@ -103,6 +121,7 @@ struct Counters {
     sends_dropped: AtomicU64,
     remote_logged: AtomicU64,
     remote_log_dropped: AtomicU64,
+    impostor_dropped: AtomicU64,
 }
 
 /// Own sequence numbers whose journal append finished, possibly out of order: the node may
@@ -184,6 +203,7 @@ impl RuntimeHandle {
             sends_dropped: c.sends_dropped.load(Ordering::Relaxed),
             remote_logged: c.remote_logged.load(Ordering::Relaxed),
             remote_log_dropped: c.remote_log_dropped.load(Ordering::Relaxed),
+            impostor_dropped: c.impostor_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -253,6 +273,9 @@ pub enum RuntimeError {
     /// The journal thread could not be started.
     #[error("starting the journal thread: {0}")]
     Thread(std::io::Error),
+    /// The certificate's name cannot be a member name.
+    #[error(transparent)]
+    Name(#[from] node::BadName),
 }
 
 /// A random `u64` from the OS-seeded hasher keys (no extra dependency needed).
@@ -275,11 +298,13 @@ impl Runtime {
         recovery: &Recovery,
         invalidate: Invalidator,
     ) -> Result<Runtime, RuntimeError> {
+        let name = NodeName::new(tls.name())?;
         let (transport, inbound) = Transport::bind(cfg.transport.clone(), tls)?;
         let local = transport.local_addr();
         cfg.node.report_merged = true;
         let identity = Identity {
             addr: local,
+            name,
             replica: recovery.identity.replica,
             // Only equality and order matter to SWIM; the low bits change on every restart.
             generation: recovery.identity.generation as u32,
@@ -313,6 +338,7 @@ impl Runtime {
             invalidate,
             log_tx,
             cfg,
+            impostors: HashMap::new(),
         };
         let task = tokio::spawn(driver.run());
         Ok(Runtime {
@@ -387,7 +413,14 @@ struct Driver {
     invalidate: Invalidator,
     log_tx: std::sync::mpsc::SyncSender<Vec<Record>>,
     cfg: RuntimeConfig,
+    /// When each (address, certificate name) was last logged as an impostor.
+    impostors: HashMap<(SocketAddr, Arc<str>), Instant>,
 }
+
+/// How often one impostor is logged.
+const IMPOSTOR_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Impostors remembered for rate limiting (forgotten wholesale when full).
+const IMPOSTOR_LOG_CAP: usize = 1024;
 
 impl Driver {
     fn now(&self) -> Duration {
@@ -416,8 +449,18 @@ impl Driver {
                     }
                     let now = self.now();
                     let mut node = sh.write();
+                    let mut impostors = Vec::new();
                     for m in buf.drain(..) {
-                        node.handle(now, m.from, &m.bytes);
+                        match node.sender_name(m.from, &m.bytes) {
+                            Some(claim) if claim.as_str() != &*m.peer => {
+                                impostors.push((m.from, m.peer, claim));
+                            }
+                            _ => node.handle(now, m.from, &m.bytes),
+                        }
+                    }
+                    drop(node);
+                    for (from, peer, claim) in impostors {
+                        self.impostor(from, peer, claim);
                     }
                 }
                 _ = sh.wake.notified() => {}
@@ -456,6 +499,35 @@ impl Driver {
         }
     }
 
+    /// Counts a message dropped for claiming another sender, and logs it once a minute per
+    /// peer.
+    fn impostor(&mut self, from: SocketAddr, peer: Arc<str>, claim: NodeName) {
+        self.h
+            .shared
+            .counters
+            .impostor_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let key = (from, peer);
+        if self
+            .impostors
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < IMPOSTOR_LOG_EVERY)
+        {
+            return;
+        }
+        if self.impostors.len() >= IMPOSTOR_LOG_CAP {
+            self.impostors.clear();
+        }
+        tracing::warn!(
+            %from,
+            certificate = %key.1,
+            claims = %claim,
+            "dropping a message whose sender is not the certificate's node (logged once a minute per peer)"
+        );
+        self.impostors.insert(key, now);
+    }
+
     /// Store upkeep off the async threads; `snapshot` forces a snapshot.
     fn maintain(&self, snapshot: bool) -> JoinHandle<()> {
         let h = self.h.clone();
@@ -482,9 +554,10 @@ impl Driver {
     fn drain(&mut self) {
         let (transmits, events) = {
             let mut node = self.h.shared.write();
-            let mut t: Vec<Transmit> = Vec::new();
+            let mut t: Vec<(Transmit, Option<NodeName>)> = Vec::new();
             while let Some(x) = node.poll_transmit() {
-                t.push(x);
+                let expect = node.recipient_name(x.to, &x.bytes);
+                t.push((x, expect));
             }
             let mut e = Vec::new();
             while let Some(x) = node.poll_event() {
@@ -493,8 +566,12 @@ impl Driver {
             (t, e)
         };
         let c = &self.h.shared.counters;
-        for t in transmits {
-            if self.transport.send(t.to, t.channel, t.bytes).is_err() {
+        for (t, expect) in transmits {
+            if self
+                .transport
+                .send_to(t.to, expect, t.channel, t.bytes)
+                .is_err()
+            {
                 c.sends_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

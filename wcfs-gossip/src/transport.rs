@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, VarInt};
 use tokio::sync::mpsc;
-use wcfs_core::node::Channel;
+use wcfs_core::node::{Channel, NodeName};
 
 use crate::tls::{self, NodeTls};
 
@@ -153,6 +153,9 @@ pub struct TransportStats {
     pub dials: u64,
     /// Handshakes that failed (bad or missing certificate, timeout, wrong protocol).
     pub handshakes_failed: u64,
+    /// Outbound messages dropped because the connection's certificate named another node than
+    /// the one the message was meant for.
+    pub dropped_wrong_peer: u64,
 }
 
 #[derive(Default)]
@@ -165,6 +168,7 @@ struct Counters {
     dropped_inbound: AtomicU64,
     dials: AtomicU64,
     handshakes_failed: AtomicU64,
+    dropped_wrong_peer: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -179,15 +183,19 @@ const REJECT_LOG_CAP: usize = 1024;
 /// The per-peer connection slot, shared by the peer's sender tasks.
 #[derive(Default)]
 struct Link {
-    conn: Option<Connection>,
+    /// The connection and the node name its certificate carries.
+    conn: Option<(Connection, Arc<str>)>,
     /// No dial before this instant (backoff after failures).
     next_dial: Option<Instant>,
     backoff: Duration,
 }
 
+/// A queued message and, if known, the node it is meant for.
+type Out = (Vec<u8>, Option<NodeName>);
+
 struct Peer {
-    datagrams: mpsc::Sender<Vec<u8>>,
-    streams: mpsc::Sender<Vec<u8>>,
+    datagrams: mpsc::Sender<Out>,
+    streams: mpsc::Sender<Out>,
     queued_bytes: Arc<AtomicUsize>,
     link: Arc<tokio::sync::Mutex<Link>>,
 }
@@ -282,6 +290,19 @@ impl Transport {
     /// counted) if the peer's queue is full, it is too large, or the peer is unreachable when
     /// its turn comes; delivery is never guaranteed, even for streams.
     pub fn send(&self, to: SocketAddr, channel: Channel, bytes: Vec<u8>) -> Result<(), SendError> {
+        self.send_to(to, None, channel, bytes)
+    }
+
+    /// Like [`Transport::send`], but when `expect` names a node the message is only handed to
+    /// a connection whose certificate carries that name; otherwise it is dropped (counted in
+    /// [`TransportStats::dropped_wrong_peer`] and logged at most once a minute per address).
+    pub fn send_to(
+        &self,
+        to: SocketAddr,
+        expect: Option<NodeName>,
+        channel: Channel,
+        bytes: Vec<u8>,
+    ) -> Result<(), SendError> {
         let c = &self.inner.counters;
         let limit = match channel {
             // The real bound is the connection's current datagram size, checked when sending.
@@ -313,7 +334,7 @@ impl Transport {
             Channel::Datagram => &peer.datagrams,
             Channel::Stream => &peer.streams,
         };
-        match q.try_send(bytes) {
+        match q.try_send((bytes, expect)) {
             Ok(()) => {
                 peer.queued_bytes.fetch_add(len, Ordering::Relaxed);
                 Ok(())
@@ -346,6 +367,7 @@ impl Transport {
             dropped_inbound: g(&c.dropped_inbound),
             dials: g(&c.dials),
             handshakes_failed: g(&c.handshakes_failed),
+            dropped_wrong_peer: g(&c.dropped_wrong_peer),
         }
     }
 
@@ -400,14 +422,22 @@ struct PeerCtx {
 
 impl PeerCtx {
     /// Sends the queue's messages in order until the transport drops the queue.
-    async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>, channel: Channel) {
+    async fn run(self, mut rx: mpsc::Receiver<Out>, channel: Channel) {
         let c = &self.inner.counters;
-        while let Some(msg) = rx.recv().await {
+        while let Some((msg, expect)) = rx.recv().await {
             self.queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
-            let Some(conn) = self.connection().await else {
+            let Some((conn, name)) = self.connection().await else {
                 bump(&c.dropped_unreachable);
                 continue;
             };
+            if let Some(want) = expect
+                && want.as_str() != &*name
+            {
+                bump(&c.dropped_wrong_peer);
+                let why = format!("certificate names {name:?}, the member there is {want:?}");
+                log_failure(&self.inner, self.to, "sending", &why);
+                continue;
+            }
             let ok = match channel {
                 Channel::Datagram => match conn.max_datagram_size() {
                     Some(max) if msg.len() <= max => conn.send_datagram(msg.into()).is_ok(),
@@ -428,11 +458,11 @@ impl PeerCtx {
 
     /// The live connection to the peer, dialing if needed; `None` while in backoff or when the
     /// dial fails.
-    async fn connection(&self) -> Option<Connection> {
+    async fn connection(&self) -> Option<(Connection, Arc<str>)> {
         let mut link = self.link.lock().await;
-        if let Some(conn) = &link.conn {
+        if let Some((conn, name)) = &link.conn {
             if conn.close_reason().is_none() {
-                return Some(conn.clone());
+                return Some((conn.clone(), name.clone()));
             }
             link.conn = None;
         }
@@ -445,11 +475,16 @@ impl PeerCtx {
         match dial(&self.inner, self.to).await {
             Ok((conn, peer)) => {
                 tracing::debug!(to = %self.to, %peer, "connected");
-                link.conn = Some(conn.clone());
+                link.conn = Some((conn.clone(), peer.clone()));
                 link.next_dial = None;
                 link.backoff = Duration::ZERO;
-                tokio::spawn(serve(self.inner.clone(), conn.clone(), self.to, peer));
-                Some(conn)
+                tokio::spawn(serve(
+                    self.inner.clone(),
+                    conn.clone(),
+                    self.to,
+                    peer.clone(),
+                ));
+                Some((conn, peer))
             }
             Err(e) => {
                 link.backoff = (link.backoff * 2).clamp(cfg.backoff_min, cfg.backoff_max);
@@ -533,7 +568,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 }
             };
             tracing::debug!(from = %addr, %peer, "accepted");
-            adopt(&inner, addr, &conn);
+            adopt(&inner, addr, &conn, &peer);
             serve(inner, conn, addr, peer).await;
         });
     }
@@ -543,7 +578,7 @@ async fn accept_loop(inner: Arc<Inner>) {
 /// still think is alive: a peer that handshakes again has most likely restarted (after a
 /// crash nothing told us the old connection died, and sending on it would lose everything
 /// until its idle timeout), and if both connections are alive either one works.
-fn adopt(inner: &Arc<Inner>, addr: SocketAddr, conn: &Connection) {
+fn adopt(inner: &Arc<Inner>, addr: SocketAddr, conn: &Connection, name: &Arc<str>) {
     let link = {
         let mut peers = lock(&inner.peers);
         if !peers.contains_key(&addr) {
@@ -559,7 +594,7 @@ fn adopt(inner: &Arc<Inner>, addr: SocketAddr, conn: &Connection) {
         }
     };
     if let Ok(mut l) = link.try_lock() {
-        l.conn = Some(conn.clone());
+        l.conn = Some((conn.clone(), name.clone()));
         l.next_dial = None;
         l.backoff = Duration::ZERO;
     }

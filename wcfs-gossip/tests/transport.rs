@@ -280,3 +280,30 @@ async fn receive_memory_bound_serializes_but_delivers_everything() {
     }
     assert!(seen.iter().all(|&s| s), "a message was lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_meant_for_another_node_is_not_handed_to_this_one() {
+    use wcfs_core::node::NodeName;
+    let c = cluster();
+    let (a, _arx) = bind(cfg(), &node_tls(&c.certs, &c.ca, "node-a"));
+    let (b, mut brx) = bind(cfg(), &node_tls(&c.certs, &c.ca, "node-b"));
+    let to = b.local_addr();
+    let someone_else = Some(NodeName::new("node-c").unwrap());
+    for i in 0..5u8 {
+        a.send_to(to, someone_else, Channel::Stream, vec![i])
+            .unwrap();
+    }
+    until("the wrong-peer drops", || a.stats().dropped_wrong_peer == 5).await;
+    // Streams are ordered per peer task: the right name gets through after the refused ones,
+    // and it is the first thing B receives.
+    a.send_to(
+        to,
+        Some(NodeName::new("node-b").unwrap()),
+        Channel::Stream,
+        b"ok".to_vec(),
+    )
+    .unwrap();
+    let m = recv(&mut brx).await;
+    assert_eq!((m.bytes.as_slice(), &*m.peer), (&b"ok"[..], "node-a"));
+    assert_eq!(a.stats().dropped_wrong_peer, 5);
+}
