@@ -43,7 +43,7 @@ async fn a_peer_claiming_another_members_name_gets_nothing() {
         let w = tls::issue(name, &ca, &certs).unwrap();
         NodeTls::load(&ca.join("ca.pem"), &w.cert, &w.key).unwrap()
     };
-    let (store, table, rec) = Store::open(&tmp.path().join("n0"), StoreOptions::default(), || {
+    let (store, table, rec) = Store::open(tmp.path().join("n0"), StoreOptions::default(), || {
         (random_u64(), random_u64())
     })
     .unwrap();
