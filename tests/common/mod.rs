@@ -24,3 +24,40 @@ pub fn is_mounted(p: &Path) -> bool {
     mi.lines()
         .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
 }
+
+/// How long a polled condition may take before the test fails.
+#[allow(dead_code)]
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Polls `f` (every millisecond) until it holds; panics after [`DEADLINE`].
+#[allow(dead_code)]
+pub fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Runs `wcfs ARGS` to completion; panics with its stderr if it fails.
+#[allow(dead_code)]
+pub fn wcfs(args: &[&std::ffi::OsStr]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wcfs"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wcfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A loopback UDP address that was free a moment ago.
+#[allow(dead_code)]
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
