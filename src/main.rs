@@ -13,6 +13,7 @@ use wcfs_core::handle::LocalHandle;
 use wcfs_core::table::Table;
 use wcfs_gossip::store::{Store, StoreOptions};
 
+mod demo;
 mod net;
 
 /// WCFS: a union filesystem for load-balanced web clusters.
@@ -43,6 +44,15 @@ enum Cmd {
         /// Where to mount.
         mountpoint: PathBuf,
     },
+    /// Start a local cluster on loopback and show a write on one node appearing on the others.
+    ///
+    /// Generates a small web site (the RO branch), a shared RW directory, a CA and one
+    /// certificate per node, then starts one `wcfs mount` process per node, each with its own
+    /// data directory and mount. Once all are mounted it writes uploads/hello.txt through node
+    /// 1 and prints how long the other nodes took to see it. It then prints the mounts and
+    /// runs until Ctrl-C (or --duration), unmounts, and removes its files. Needs root and
+    /// FUSE (/dev/fuse, fusermount3 from the fuse3 package).
+    Demo(demo::DemoArgs),
     /// Create the cluster CA and node certificates for mutual TLS between nodes.
     Ca {
         #[command(subcommand)]
@@ -148,6 +158,10 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("issuing a certificate for {name}"))?;
             println!("{}\n{}", w.cert.display(), w.key.display());
             Ok(())
+        }
+        Cmd::Demo(args) => {
+            let set = block_signals()?;
+            demo::run(args, &set)
         }
         Cmd::Mount {
             ro,
