@@ -15,6 +15,7 @@ use wcfs_gossip::store::{Store, StoreOptions};
 
 mod demo;
 mod net;
+mod rebuild;
 
 /// WCFS: a union filesystem for load-balanced web clusters.
 #[derive(Parser, Debug)]
@@ -53,6 +54,19 @@ enum Cmd {
     /// runs until Ctrl-C (or --duration), unmounts, and removes its files. Needs root and
     /// FUSE (/dev/fuse, fusermount3 from the fuse3 package).
     Demo(demo::DemoArgs),
+    /// Rebuild a node's table from the RW branch (after its data directory was lost).
+    ///
+    /// Reads the RW branch (files and directories, aufs whiteouts `.wh.NAME`, opaque markers
+    /// `.wh..wh..opq`) and writes the table it describes into the data directory: a new
+    /// identity if the directory is empty, then a snapshot, fsynced. The RW branch is not
+    /// changed. The node must be stopped. Reports what it found and what it changed.
+    Rebuild(rebuild::RebuildArgs),
+    /// Compare a node's table with the RW branch and list where they disagree.
+    ///
+    /// One line per disagreement on stdout (in the table but not on RW, on RW but not in the
+    /// table, whiteout or opaque-marker mismatch), a summary on stderr. Exit status 0 if they
+    /// agree, 1 if not, 2 on error. Safe to run beside a running node.
+    Check(rebuild::CheckArgs),
     /// Create the cluster CA and node certificates for mutual TLS between nodes.
     Ca {
         #[command(subcommand)]
@@ -159,6 +173,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}\n{}", w.cert.display(), w.key.display());
             Ok(())
         }
+        Cmd::Rebuild(args) => rebuild::rebuild(args),
+        Cmd::Check(args) => match rebuild::check(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                // 1 means "they disagree"; a check that could not run says so apart.
+                eprintln!("Error: {e:?}");
+                std::process::exit(2)
+            }
+        },
         Cmd::Demo(args) => {
             let set = block_signals()?;
             demo::run(args, &set)
