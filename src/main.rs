@@ -14,6 +14,7 @@ use wcfs_core::table::Table;
 use wcfs_gossip::store::{Store, StoreOptions};
 
 mod demo;
+mod help;
 mod net;
 mod rebuild;
 
@@ -67,6 +68,10 @@ enum Cmd {
     /// table, whiteout or opaque-marker mismatch), a summary on stderr. Exit status 0 if they
     /// agree, 1 if not, 2 on error. Safe to run beside a running node.
     Check(rebuild::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(help::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command with --out.
+    Man(help::ManArgs),
     /// Create the cluster CA and node certificates for mutual TLS between nodes.
     Ca {
         #[command(subcommand)]
@@ -156,7 +161,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = help::parse();
     match cli.cmd {
         Cmd::Ca {
             cmd: CaCmd::Init { out },
@@ -173,6 +178,11 @@ fn main() -> anyhow::Result<()> {
             println!("{}\n{}", w.cert.display(), w.key.display());
             Ok(())
         }
+        Cmd::Completions(args) => {
+            help::completions(args, help::command::<Cli>());
+            Ok(())
+        }
+        Cmd::Man(args) => help::man(args, help::command::<Cli>()),
         Cmd::Rebuild(args) => rebuild::rebuild(args),
         Cmd::Check(args) => match rebuild::check(args) {
             Ok(true) => Ok(()),
