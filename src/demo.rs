@@ -436,7 +436,8 @@ pub(crate) fn run(args: DemoArgs, signals: &libc::sigset_t) -> anyhow::Result<()
         });
     }
 
-    // Progress: one line, rewritten, while the nodes mount.
+    // Progress while the nodes mount: one line rewritten on a terminal, the result otherwise.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let t0 = Instant::now();
     loop {
         if let Some(dead) = demo.dead_node() {
@@ -444,13 +445,17 @@ pub(crate) fn run(args: DemoArgs, signals: &libc::sigset_t) -> anyhow::Result<()
             bail!("a node failed to start: {dead}");
         }
         let up = demo.nodes.iter().filter(|n| is_mounted(&n.mnt)).count();
-        eprint!(
-            "\rstarting: {up}/{n} nodes mounted ({:.1} s)",
-            t0.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
+        let secs = t0.elapsed().as_secs_f64();
+        if tty {
+            eprint!("\rstarting: {up}/{n} nodes mounted ({secs:.1} s)");
+            let _ = std::io::stderr().flush();
+        }
         if up == n {
-            eprintln!();
+            if tty {
+                eprintln!();
+            } else {
+                eprintln!("started: {n} nodes mounted ({secs:.1} s)");
+            }
             break;
         }
         if t0.elapsed() > START_TIMEOUT {

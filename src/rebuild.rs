@@ -43,30 +43,36 @@ pub(crate) struct CheckArgs {
     data: PathBuf,
 }
 
-/// Prints a progress line on stderr at most every 200 ms.
+/// Progress on stderr: one line rewritten every 200 ms on a terminal, a new line every 5 s
+/// otherwise (a log).
 struct Progress {
     last: Option<Instant>,
     start: Instant,
+    tty: bool,
 }
 
 impl Progress {
     fn new() -> Progress {
         Progress {
-            last: None,
+            last: Some(Instant::now()),
             start: Instant::now(),
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         }
     }
 
     fn show(&mut self, s: &ScanStats) {
-        if self
-            .last
-            .is_some_and(|l| l.elapsed() < Duration::from_millis(200))
-        {
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.is_some_and(|l| l.elapsed() < every) {
             return;
         }
         self.last = Some(Instant::now());
+        let (start, end) = if self.tty { ("\r", "") } else { ("", "\n") };
         eprint!(
-            "\rscanning the RW branch: {} entries, {} files, {} dirs, {} whiteouts ({:.1} s)",
+            "{start}scanning the RW branch: {} entries, {} files, {} dirs, {} whiteouts ({:.1} s){end}",
             s.entries,
             s.files,
             s.dirs,
@@ -79,7 +85,9 @@ impl Progress {
     fn done(&mut self, s: &ScanStats) {
         self.last = None;
         self.show(s);
-        eprintln!();
+        if self.tty {
+            eprintln!();
+        }
     }
 }
 
