@@ -202,6 +202,16 @@ struct Node {
     listen: SocketAddr,
 }
 
+impl Node {
+    /// The last lines of the node's log, for error messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut tail: Vec<&str> = log.lines().rev().take(12).collect();
+        tail.reverse();
+        format!("the end of {}:\n{}", self.log.display(), tail.join("\n"))
+    }
+}
+
 /// The running demo. Dropping it stops the nodes and cleans up (also on an error path).
 struct Demo {
     base: PathBuf,
@@ -291,15 +301,7 @@ impl Demo {
             let Some(c) = &mut n.child else { continue };
             if let Ok(Some(status)) = c.try_wait() {
                 n.child = None;
-                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Some(format!(
-                    "{} exited ({status}); the end of {}:\n{}",
-                    n.name,
-                    n.log.display(),
-                    tail.join("\n")
-                ));
+                return Some(format!("{} exited ({status}); {}", n.name, n.log_tail()));
             }
         }
         None
@@ -477,9 +479,9 @@ pub(crate) fn run(args: DemoArgs, signals: &libc::sigset_t) -> anyhow::Result<()
         let t = Instant::now();
         if wait_visible(&m.join("uploads/.keep"), b"", t).is_none() {
             bail!(
-                "node{} never saw node1's uploads/ (see the logs in {})",
+                "node{} never showed node1's uploads/.keep within {PROPAGATION_TIMEOUT:?}; {}",
                 k + 1,
-                base.display()
+                demo.nodes[k].log_tail()
             );
         }
     }
@@ -496,8 +498,9 @@ pub(crate) fn run(args: DemoArgs, signals: &libc::sigset_t) -> anyhow::Result<()
         match wait_visible(&m.join("uploads/hello.txt"), body, t) {
             Some(d) => seen.push(format!("node{} after {}", k + 1, fmt_ms(d))),
             None => bail!(
-                "node{} did not see uploads/hello.txt within {PROPAGATION_TIMEOUT:?}",
-                k + 1
+                "node{} did not show uploads/hello.txt within {PROPAGATION_TIMEOUT:?}; {}",
+                k + 1,
+                demo.nodes[k].log_tail()
             ),
         }
     }
@@ -570,4 +573,37 @@ pub(crate) fn run(args: DemoArgs, signals: &libc::sigset_t) -> anyhow::Result<()
         eprintln!("files kept in {}", base.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_site_looks_like_a_web_site() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = generate_site(tmp.path()).unwrap();
+        assert!((200..1000).contains(&n), "{n} files");
+        for f in [
+            "index.php",
+            "robots.txt",
+            "wp-includes/lib-000.php",
+            "assets/img/photo-00.png",
+        ] {
+            assert!(tmp.path().join(f).is_file(), "{f}");
+        }
+        let php = std::fs::read_dir(tmp.path().join("wp-includes"))
+            .unwrap()
+            .count();
+        assert!(php > 100, "{php} entries in wp-includes");
+    }
+
+    #[test]
+    fn mountinfo_escapes_what_the_kernel_escapes() {
+        assert_eq!(
+            mountinfo_escape(Path::new("/a b\\c\td")),
+            "/a\\040b\\134c\\011d"
+        );
+        assert_eq!(mountinfo_escape(Path::new("/plain/x")), "/plain/x");
+    }
 }
