@@ -13,7 +13,10 @@ use wcfs_core::handle::LocalHandle;
 use wcfs_core::table::Table;
 use wcfs_gossip::store::{Store, StoreOptions};
 
+mod demo;
+mod help;
 mod net;
+mod rebuild;
 
 /// WCFS: a union filesystem for load-balanced web clusters.
 #[derive(Parser, Debug)]
@@ -43,6 +46,32 @@ enum Cmd {
         /// Where to mount.
         mountpoint: PathBuf,
     },
+    /// Start a local cluster on loopback and show a write on one node appearing on the others.
+    ///
+    /// Generates a small web site (the RO branch), a shared RW directory, a CA and one
+    /// certificate per node, then starts one `wcfs mount` process per node, each with its own
+    /// data directory and mount. Once all are mounted it writes uploads/hello.txt through node
+    /// 1 and prints how long the other nodes took to see it. It then prints the mounts and
+    /// runs until Ctrl-C (or --duration), unmounts, and removes its files. Needs root and
+    /// FUSE (/dev/fuse, fusermount3 from the fuse3 package).
+    Demo(demo::DemoArgs),
+    /// Rebuild a node's table from the RW branch (after its data directory was lost).
+    ///
+    /// Reads the RW branch (files and directories, aufs whiteouts `.wh.NAME`, opaque markers
+    /// `.wh..wh..opq`) and writes the table it describes into the data directory: a new
+    /// identity if the directory is empty, then a snapshot, fsynced. The RW branch is not
+    /// changed. The node must be stopped. Reports what it found and what it changed.
+    Rebuild(rebuild::RebuildArgs),
+    /// Compare a node's table with the RW branch and list where they disagree.
+    ///
+    /// One line per disagreement on stdout (in the table but not on RW, on RW but not in the
+    /// table, whiteout or opaque-marker mismatch), a summary on stderr. Exit status 0 if they
+    /// agree, 1 if not, 2 on error. Safe to run beside a running node.
+    Check(rebuild::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(help::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command with --out.
+    Man(help::ManArgs),
     /// Create the cluster CA and node certificates for mutual TLS between nodes.
     Ca {
         #[command(subcommand)]
@@ -132,7 +161,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = help::parse();
     match cli.cmd {
         Cmd::Ca {
             cmd: CaCmd::Init { out },
@@ -148,6 +177,25 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("issuing a certificate for {name}"))?;
             println!("{}\n{}", w.cert.display(), w.key.display());
             Ok(())
+        }
+        Cmd::Completions(args) => {
+            help::completions(args, help::command::<Cli>());
+            Ok(())
+        }
+        Cmd::Man(args) => help::man(args, help::command::<Cli>()),
+        Cmd::Rebuild(args) => rebuild::rebuild(args),
+        Cmd::Check(args) => match rebuild::check(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                // 1 means "they disagree"; a check that could not run says so apart.
+                eprintln!("Error: {e:?}");
+                std::process::exit(2)
+            }
+        },
+        Cmd::Demo(args) => {
+            let set = block_signals()?;
+            demo::run(args, &set)
         }
         Cmd::Mount {
             ro,

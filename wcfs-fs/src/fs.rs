@@ -1896,6 +1896,20 @@ impl Filesystem for UnionFs {
             tri!(reply, s.forget_below(&dst));
         }
         tri!(reply, s.rw.rename(&src, &dst, 0).map_err(errno));
+        if src_dir {
+            // The table makes a moved directory opaque (it hides whatever the RO branch has
+            // at `dst`); aufs's marker says so on the RW branch too, for `wcfs rebuild`. The
+            // rename is done: a missing marker only costs a rebuild's accuracy, so warn.
+            let marker = dst.join(WH_OPAQUE).map_err(|_| Errno::EINVAL);
+            let r = marker.and_then(|m| {
+                s.rw.open_at(Some(&m), libc::O_WRONLY | libc::O_CREAT, 0o444)
+                    .map(|fd| s.rw.close_fd(fd))
+                    .map_err(errno)
+            });
+            if let Err(e) = r {
+                tracing::warn!(path = %dst, error = ?e, "opaque marker not written");
+            }
+        }
         let dst_op = if src_dir || dst_over_wh {
             Op::MarkOpaque
         } else {

@@ -10,6 +10,7 @@ mod fs;
 mod inode;
 mod lock;
 mod mount;
+pub mod rebuild;
 mod stats;
 
 pub use fs::{FsConfig, MAX_USER_NAME, WH_OPAQUE, WH_PREFIX};

@@ -310,6 +310,68 @@ impl Store {
         ))
     }
 
+    /// Reads the table of the data directory `dir` without taking it over: no lock, no
+    /// generation bump, nothing written, so it works beside a running node (for `wcfs check`
+    /// and reports). Returns `Ok(None)` if `dir` holds no identity (no table was ever kept).
+    ///
+    /// The result is a consistent state the node had: the journal is read first, then the
+    /// snapshot, and the journal's complete frames are replayed on top. A snapshot written in
+    /// between already holds everything the journal read before it (snapshots are written
+    /// before the journal is shortened), and replaying records is idempotent, so the result
+    /// is the snapshot's state plus a prefix of what came after it. A torn or corrupt tail is
+    /// ignored (a writer may be appending), never truncated.
+    pub fn read_only(dir: impl AsRef<Path>) -> Result<Option<(Table, Identity)>, StoreError> {
+        let dir = dir.as_ref();
+        let id_path = dir.join("identity");
+        let identity = match std::fs::read_to_string(&id_path) {
+            Ok(text) => parse_identity(&id_path, &text)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&id_path, "read identity")(e)),
+        };
+        let jpath = dir.join("journal");
+        let jbytes = match std::fs::read(&jpath) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&jpath, "read journal")(e)),
+        };
+        let snap_path = dir.join("table.snap");
+        let mut table = match File::open(&snap_path) {
+            Ok(mut f) => {
+                let len = f
+                    .metadata()
+                    .map_err(io_err(&snap_path, "stat snapshot"))?
+                    .len();
+                let t = snapshot::read(&mut io::BufReader::with_capacity(1 << 20, &mut f), len)
+                    .map_err(|source| StoreError::Snapshot {
+                        path: snap_path.clone(),
+                        source,
+                    })?;
+                if t.replica() != identity.replica {
+                    return Err(StoreError::WrongReplica {
+                        path: snap_path,
+                        expected: identity.replica,
+                        found: t.replica(),
+                    });
+                }
+                t
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Table::new(identity.replica, identity.hash_seed)
+            }
+            Err(e) => return Err(io_err(&snap_path, "open snapshot")(e)),
+        };
+        if let Some(bytes) = jbytes {
+            let rep = wcfs_core::journal::replay(&bytes, identity.replica).map_err(|source| {
+                StoreError::Journal(JournalError::Header {
+                    path: jpath.clone(),
+                    source,
+                })
+            })?;
+            apply(&mut table, &rep.entries)?;
+        }
+        Ok(Some((table, identity)))
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir

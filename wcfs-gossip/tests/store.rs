@@ -123,3 +123,41 @@ fn a_damaged_identity_is_refused_naming_the_line() {
     let err = Store::open(dir.path(), StoreOptions::default(), || (1, 2)).unwrap_err();
     assert!(err.to_string().contains("line 1: replica"), "{err}");
 }
+
+/// Sorted records of a table, for comparing two tables' whole state.
+fn all_records(t: &wcfs_core::Table) -> Vec<wcfs_core::Record> {
+    let mut v: Vec<_> = t.records().collect();
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+    v
+}
+
+#[test]
+fn read_only_sees_a_live_stores_table_without_taking_it_over() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        Store::read_only(dir.path()).unwrap().is_none(),
+        "no identity yet"
+    );
+    let (store, h, rec) = open(dir.path());
+    for i in 0..300 {
+        h.propose(&p(&format!("up/{i}")), Op::MarkRw).unwrap();
+    }
+    store.snapshot(&h).unwrap();
+    for i in 0..40 {
+        h.propose(&p(&format!("up/{i}")), Op::Forget).unwrap();
+    }
+    h.propose(&p("index.php"), Op::Whiteout).unwrap();
+    // The store stays open (and locked) meanwhile: snapshot plus journal, read beside it.
+    let (t, id) = Store::read_only(dir.path()).unwrap().unwrap();
+    assert_eq!(id.replica, rec.identity.replica);
+    assert_eq!(all_records(&t), h.with_table(all_records));
+    assert_eq!(t.resolve(&p("index.php")), Resolution::Hidden);
+    assert_eq!(t.resolve(&p("up/3")), Resolution::Ro);
+    assert_eq!(t.resolve(&p("up/299")), Resolution::Rw);
+    // Nothing was written: the generation is the one the open store set.
+    let (_, id) = Store::read_only(dir.path()).unwrap().unwrap();
+    assert_eq!(id.generation, rec.identity.generation);
+    drop((h, store));
+    let (_s, _h, rec2) = open(dir.path());
+    assert_eq!(rec2.identity.generation, rec.identity.generation + 1);
+}
