@@ -2,20 +2,15 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use wcfs_core::dot::ReplicaId;
-use wcfs_core::handle::LocalHandle;
-use wcfs_core::table::Table;
-use wcfs_gossip::store::{Store, StoreOptions};
 
+mod admin;
+mod config;
 mod demo;
 mod help;
-mod net;
+mod node;
 mod rebuild;
 
 /// WCFS: a union filesystem for load-balanced web clusters.
@@ -28,24 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Mount the union of an RO and an RW branch (single node, foreground; Ctrl-C unmounts).
-    Mount {
-        /// The read-only branch (the site's code and assets).
-        #[arg(long)]
-        ro: PathBuf,
-        /// The shared read-write branch.
-        #[arg(long)]
-        rw: PathBuf,
-        /// The node's data directory (identity, journal, snapshots). Every table change is
-        /// durable there before the filesystem call returns, and a restart recovers it.
-        /// Without it the table lives in memory only and is lost when the mount ends.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[command(flatten)]
-        net: NetArgs,
-        /// Where to mount.
-        mountpoint: PathBuf,
-    },
+    /// Mount the union of an RO and an RW branch (foreground; SIGINT/SIGTERM unmounts).
+    Mount(Box<MountArgs>),
     /// Start a local cluster on loopback and show a write on one node appearing on the others.
     ///
     /// Generates a small web site (the RO branch), a shared RW directory, a CA and one
@@ -77,27 +56,146 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaCmd,
     },
+    /// Show a running node's state: members (down or lagging ones flagged with `!`), lag,
+    /// queues and drops, table size, journal and snapshot.
+    Status {
+        /// Print the raw JSON (stable keys, for scripts and monitoring).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AdminAt,
+    },
+    /// Look at a running node's translation table.
+    Table {
+        #[command(subcommand)]
+        cmd: TableCmd,
+    },
+    /// Drop this node's kernel caches (entries, attributes, pages, listings) under PATH, or
+    /// everything: after replacing the RO image under a running mount.
+    Invalidate {
+        /// A path in the union (relative, or absolute under the mountpoint). Default: all.
+        path: Option<String>,
+        #[command(flatten)]
+        at: AdminAt,
+    },
 }
 
-/// Joining a cluster: with `--listen`, the node replicates its table with its peers over QUIC
-/// with mutual TLS (then `--data`, `--ca`, `--cert` and `--key` are required).
+/// Which node to ask: `--socket`, else the admin socket of `--config`, else that of
+/// /etc/wcfs/wcfs.toml if it exists, else /var/lib/wcfs/admin.sock.
 #[derive(clap::Args, Debug)]
-struct NetArgs {
-    /// UDP address for QUIC (listen and dial), as peers reach it, e.g. 10.0.0.5:7946.
-    #[arg(long, requires_all = ["data", "ca", "cert", "key"])]
-    listen: Option<std::net::SocketAddr>,
-    /// Address of another node to join through (repeatable).
-    #[arg(long = "seed", requires = "listen")]
-    seeds: Vec<std::net::SocketAddr>,
-    /// The cluster CA certificate (from `wcfs ca init`).
-    #[arg(long, requires = "listen")]
+struct AdminAt {
+    /// The node's admin socket.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// The node's configuration file (its admin socket is used).
+    #[arg(long, global = true, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+}
+
+impl AdminAt {
+    fn call(self, req: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let sock = admin::socket_path(self.socket, self.config.as_deref())?;
+        admin::call(&sock, &req)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum TableCmd {
+    /// One path's entry: its dots (replica:seq), which are live and as what, and how the
+    /// union resolves the path.
+    Get {
+        /// A path in the union (relative, or absolute under the mountpoint).
+        path: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AdminAt,
+    },
+    /// The children of DIR that have table state, with their resolution.
+    Ls {
+        /// A directory in the union. Default: the root.
+        dir: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AdminAt,
+    },
+}
+
+/// `wcfs mount`: every value can come from `--config FILE` (see dist/wcfs.toml); a flag given
+/// here replaces the file's value.
+#[derive(clap::Args, Debug)]
+struct MountArgs {
+    /// TOML configuration file (every key is documented in dist/wcfs.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node's name (must match its certificate's).
+    #[arg(long)]
+    name: Option<String>,
+    /// The read-only branch (the site's code and assets). [config: branches.ro]
+    #[arg(long)]
+    ro: Option<PathBuf>,
+    /// The shared read-write branch. [config: branches.rw]
+    #[arg(long)]
+    rw: Option<PathBuf>,
+    /// The node's data directory (identity, journal, snapshots). Every table change is
+    /// durable there before the filesystem call returns, and a restart recovers it.
+    /// Without it the table lives in memory only and is lost when the mount ends.
+    /// [config: data_dir]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// UDP address for QUIC (listen and dial), as peers reach it, e.g. 10.0.0.5:7946. Joins
+    /// a cluster: then a data directory and --ca/--cert/--key are required. [config: listen]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address of another node to join through (repeatable; replaces the file's list).
+    /// [config: seeds]
+    #[arg(long = "seed")]
+    seeds: Vec<String>,
+    /// The cluster CA certificate (from `wcfs ca init`). [config: tls.ca]
+    #[arg(long)]
     ca: Option<PathBuf>,
-    /// This node's certificate (from `wcfs ca issue`).
-    #[arg(long, requires = "listen")]
+    /// This node's certificate (from `wcfs ca issue`). [config: tls.cert]
+    #[arg(long)]
     cert: Option<PathBuf>,
-    /// This node's private key.
-    #[arg(long, requires = "listen")]
+    /// This node's private key. [config: tls.key]
+    #[arg(long)]
     key: Option<PathBuf>,
+    /// The admin socket (default: DATA/admin.sock). [config: admin.socket]
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Where to mount. [config: branches.mountpoint]
+    mountpoint: Option<PathBuf>,
+}
+
+impl MountArgs {
+    /// The file (if any) with the flags written over it, validated.
+    fn resolve(self) -> anyhow::Result<config::NodeConfig> {
+        let raw = match &self.config {
+            Some(p) => config::RawConfig::load(p)?,
+            None => config::RawConfig::default(),
+        };
+        let o = config::Overrides {
+            name: self.name,
+            ro: self.ro,
+            rw: self.rw,
+            mountpoint: self.mountpoint,
+            data_dir: self.data,
+            listen: self.listen,
+            seeds: self.seeds,
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            admin_socket: self.admin_socket,
+        };
+        let what = match &self.config {
+            Some(p) => format!("configuration {}", p.display()),
+            None => "configuration (flags)".into(),
+        };
+        o.apply(raw).resolve().context(what)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,19 +251,32 @@ pub(crate) fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-fn main() -> anyhow::Result<()> {
+fn print_result(v: &serde_json::Value, json: bool, human: fn(&serde_json::Value) -> String) {
+    if json {
+        println!("{v:#}");
+    } else {
+        print!("{}", human(v));
+    }
+}
+
+/// Logs to stderr (journald takes it under systemd); `RUST_LOG` overrides `level`.
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
     let cli: Cli = help::parse();
     match cli.cmd {
         Cmd::Ca {
             cmd: CaCmd::Init { out },
         } => {
+            init_tracing("info");
             let w = wcfs_gossip::tls::init_ca(&out).context("creating the cluster CA")?;
             println!("{}\n{}", w.cert.display(), w.key.display());
             Ok(())
@@ -173,9 +284,42 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ca {
             cmd: CaCmd::Issue { name, ca_dir, out },
         } => {
+            init_tracing("info");
             let w = wcfs_gossip::tls::issue(&name, &ca_dir, &out)
                 .with_context(|| format!("issuing a certificate for {name}"))?;
             println!("{}\n{}", w.cert.display(), w.key.display());
+            Ok(())
+        }
+        Cmd::Status { json, at } => {
+            init_tracing("warn");
+            let v = at.call(serde_json::json!({"cmd": "status"}))?;
+            print_result(&v, json, admin::render_status);
+            Ok(())
+        }
+        Cmd::Table {
+            cmd: TableCmd::Get { path, json, at },
+        } => {
+            init_tracing("warn");
+            let v = at.call(serde_json::json!({"cmd": "table_get", "path": path}))?;
+            print_result(&v, json, admin::render_get);
+            Ok(())
+        }
+        Cmd::Table {
+            cmd: TableCmd::Ls { dir, json, at },
+        } => {
+            init_tracing("warn");
+            let v = at.call(serde_json::json!({"cmd": "table_ls", "dir": dir}))?;
+            print_result(&v, json, admin::render_ls);
+            Ok(())
+        }
+        Cmd::Invalidate { path, at } => {
+            init_tracing("warn");
+            let v = at.call(serde_json::json!({"cmd": "invalidate", "path": path}))?;
+            println!(
+                "invalidated {} ({} cached names dropped)",
+                v["path"].as_str().unwrap_or("everything"),
+                v["dropped"]
+            );
             Ok(())
         }
         Cmd::Completions(args) => {
@@ -183,105 +327,32 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Man(args) => help::man(args, help::command::<Cli>()),
-        Cmd::Rebuild(args) => rebuild::rebuild(args),
-        Cmd::Check(args) => match rebuild::check(args) {
-            Ok(true) => Ok(()),
-            Ok(false) => std::process::exit(1),
-            Err(e) => {
-                // 1 means "they disagree"; a check that could not run says so apart.
-                eprintln!("Error: {e:?}");
-                std::process::exit(2)
+        Cmd::Rebuild(args) => {
+            init_tracing("info");
+            rebuild::rebuild(args)
+        }
+        Cmd::Check(args) => {
+            init_tracing("info");
+            match rebuild::check(args) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    // 1 means "they disagree"; a check that could not run says so apart.
+                    eprintln!("Error: {e:?}");
+                    std::process::exit(2)
+                }
             }
-        },
+        }
         Cmd::Demo(args) => {
+            init_tracing("info");
             let set = block_signals()?;
             demo::run(args, &set)
         }
-        Cmd::Mount {
-            ro,
-            rw,
-            data,
-            net,
-            mountpoint,
-        } => {
+        Cmd::Mount(args) => {
+            let cfg = args.resolve()?;
+            init_tracing(&cfg.log_level);
             let set = block_signals()?;
-            if let (Some(listen), Some(data), Some(ca), Some(cert), Some(key)) =
-                (net.listen, &data, &net.ca, &net.cert, &net.key)
-            {
-                let node = net::Node {
-                    listen,
-                    seeds: net.seeds,
-                    data,
-                    ca,
-                    cert,
-                    key,
-                };
-                return net::mount(&node, ro, rw, mountpoint, &set);
-            }
-            let (handle, store) = match &data {
-                Some(dir) => {
-                    let fresh = (random_u64()?, random_u64()?);
-                    let opened = Store::open(dir, StoreOptions::default(), || fresh);
-                    let (store, table, rec) = opened
-                        .with_context(|| format!("opening data directory {}", dir.display()))?;
-                    tracing::info!(
-                        replica = %rec.identity.replica,
-                        generation = rec.identity.generation,
-                        snapshot_paths = rec.snapshot_paths,
-                        journal_records = rec.journal_records,
-                        "table recovered"
-                    );
-                    let store = Arc::new(store);
-                    (LocalHandle::with_persist(table, store.clone()), Some(store))
-                }
-                None => {
-                    tracing::warn!(
-                        "no --data directory: the table is in memory only and is lost when this mount ends"
-                    );
-                    let table = Table::new(ReplicaId(random_u64()?), random_u64()?);
-                    (LocalHandle::new(table), None)
-                }
-            };
-            let replica = handle.with_table(|t| t.replica());
-            let cfg = wcfs_fs::MountConfig {
-                ro,
-                rw,
-                mountpoint: mountpoint.clone(),
-                allow_other: true,
-                fs: wcfs_fs::FsConfig::default(),
-            };
-            let guard = wcfs_fs::mount(&cfg, handle.clone() as Arc<_>)
-                .with_context(|| format!("mounting {}", mountpoint.display()))?;
-            let inv = guard.invalidator();
-            handle.on_change(move |p| inv.path_changed(p));
-            tracing::info!(%replica, mountpoint = %mountpoint.display(), passthrough = guard.passthrough(), "mounted");
-            let stop = Arc::new(AtomicBool::new(false));
-            let upkeep = store.clone().map(|store| {
-                let (handle, stop) = (handle.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Err(e) = store.maintain(&handle) {
-                            tracing::error!(error = %e, "data directory upkeep failed");
-                        }
-                        std::thread::park_timeout(Duration::from_secs(1));
-                    }
-                })
-            });
-            let sig = wait_for_signal(&set);
-            tracing::info!(sig, "unmounting");
-            guard.unmount().context("unmounting")?;
-            stop.store(true, Ordering::Relaxed);
-            if let Some(t) = upkeep {
-                t.thread().unpark();
-                let _ = t.join();
-            }
-            if let Some(store) = store {
-                // A snapshot at a clean stop makes the next start read one file, not a journal.
-                store
-                    .snapshot(&handle)
-                    .context("writing the final snapshot")?;
-            }
-            Ok(())
+            node::run(cfg, &set)
         }
     }
 }

@@ -1044,6 +1044,14 @@ impl Shared {
     }
 
     /// Drops the daemon's remembered listing of directory `ino` (its content changed).
+    /// Drops every listing kept for `readdir` without a handle.
+    pub(crate) fn forget_all_listings(&self) {
+        self.dir_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub(crate) fn forget_listing(&self, ino: u64) {
         self.dir_cache
             .lock()

@@ -444,6 +444,30 @@ impl Inodes {
         Some(cur)
     }
 
+    /// Every name under directory `top` the daemon knows (hence every name the kernel may
+    /// have cached there), as `(parent, name, node)`, parents before their children. Bounded
+    /// by the nodes the kernel holds.
+    pub(crate) fn subtree(&self, top: u64) -> Vec<(u64, Box<[u8]>, u64)> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        let mut dirs = vec![top];
+        while let Some(dir) = dirs.pop() {
+            let start = (dir, Box::<[u8]>::from(&[][..]));
+            for ((parent, name), ino) in g.by_name.range(start..) {
+                if *parent != dir {
+                    break;
+                }
+                out.push((*parent, name.clone(), *ino));
+                // A node with children is a directory; a loop (bind-mounted branch) would
+                // revisit nodes, so stop at the node count.
+                if g.nodes.get(ino).is_some_and(|n| n.children > 0) && out.len() <= g.nodes.len() {
+                    dirs.push(*ino);
+                }
+            }
+        }
+        out
+    }
+
     /// The union path of a node: `Ok(None)` for the root, `Err(())` if unknown or detached.
     pub(crate) fn path(&self, ino: u64) -> Result<Option<WPath>, ()> {
         self.lock().path_of(ino).ok_or(())

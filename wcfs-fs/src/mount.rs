@@ -64,6 +64,9 @@ pub enum MountError {
 
 enum Msg {
     Path(WPath),
+    /// Everything under a path (`None`: the whole mount); the count of names dropped is
+    /// sent back if anyone waits.
+    Tree(Option<WPath>, Option<SyncSender<usize>>),
     Stop,
 }
 
@@ -85,10 +88,39 @@ impl Invalidator {
             }
         }
     }
+
+    /// Queues dropping everything the kernel may have cached under `path` (`None`: the whole
+    /// mount): every entry, attribute and page of the names below it, and every directory
+    /// listing there. Used when the table was replaced wholesale, and when the RO branch's
+    /// content was replaced under the mount. Never blocks; the returned receiver gets the
+    /// number of names dropped once done, or disconnects if the request could not be queued
+    /// (full queue, unmounted).
+    pub fn drop_tree(&self, path: Option<&WPath>) -> Receiver<usize> {
+        let (done_tx, done_rx) = sync_channel(1);
+        match self.tx.try_send(Msg::Tree(path.cloned(), Some(done_tx))) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!("invalidation queue full; kernel cache expires by TTL")
+            }
+        }
+        done_rx
+    }
 }
 
 fn invalidate_loop(rx: Receiver<Msg>, shared: Weak<Shared>, notifier: Notifier) {
-    while let Ok(Msg::Path(p)) = rx.recv() {
+    loop {
+        let p = match rx.recv() {
+            Ok(Msg::Path(p)) => p,
+            Ok(Msg::Tree(p, done)) => {
+                let Some(s) = shared.upgrade() else { return };
+                let n = drop_tree(&s, &notifier, p.as_ref());
+                if let Some(done) = done {
+                    let _ = done.try_send(n);
+                }
+                continue;
+            }
+            Ok(Msg::Stop) | Err(_) => return,
+        };
         let Some(s) = shared.upgrade() else { return };
         let parent = match p.parent() {
             None => Some(ROOT),
@@ -116,6 +148,81 @@ fn invalidate_loop(rx: Receiver<Msg>, shared: Weak<Shared>, notifier: Notifier) 
             tracing::debug!(path = %p, error = %e, "inval_inode");
         }
     }
+}
+
+/// Logs a notifier failure other than ENOENT (the kernel no longer has what we name).
+fn note(what: &str, r: io::Result<()>) {
+    if let Err(e) = r
+        && e.raw_os_error() != Some(libc::ENOENT)
+    {
+        tracing::debug!(error = %e, "{what}");
+    }
+}
+
+/// Drops the kernel's entries, attributes, pages and listings under `path` (`None`: the whole
+/// mount), and the path's own entry. Returns the number of names dropped.
+fn drop_tree(s: &Shared, notifier: &Notifier, path: Option<&WPath>) -> usize {
+    let top = match path {
+        None => ROOT,
+        Some(p) => {
+            let parent = match p.parent() {
+                None => Some(ROOT),
+                Some(d) => s.inodes.find_path(&d),
+            };
+            // Nothing cached: the kernel only caches what it has looked up.
+            let Some(parent) = parent else { return 0 };
+            let name = std::ffi::OsStr::from_bytes_compat(p.file_name());
+            note("inval_entry", notifier.inval_entry(INodeNo(parent), name));
+            note(
+                "inval_inode(parent)",
+                notifier.inval_inode(INodeNo(parent), 0, 0),
+            );
+            s.forget_listing(parent);
+            match s.inodes.find(parent, p.file_name()) {
+                Some(ino) => ino,
+                None => return 1,
+            }
+        }
+    };
+    let names = s.inodes.subtree(top);
+    // The directory's own attributes and listing first, then every name below it.
+    note("inval_inode", notifier.inval_inode(INodeNo(top), 0, 0));
+    if path.is_none() {
+        s.forget_all_listings();
+    } else {
+        s.forget_listing(top);
+    }
+    for (parent, name, ino) in &names {
+        let os = std::ffi::OsStr::from_bytes_compat(name);
+        note("inval_entry", notifier.inval_entry(INodeNo(*parent), os));
+        note("inval_inode", notifier.inval_inode(INodeNo(*ino), 0, 0));
+        s.forget_listing(*ino);
+    }
+    let mut extra = 0;
+    if path.is_none() {
+        // Dropping a directory's entry drops the negative entries below it too, but the root
+        // has no entry: its negative entries (names that did not exist) are reached by name,
+        // from the names that may exist now: the RO root's and the table's.
+        let known: std::collections::HashSet<&[u8]> = names
+            .iter()
+            .filter(|n| n.0 == ROOT)
+            .map(|n| &*n.1)
+            .collect();
+        let mut candidates: Vec<Vec<u8>> =
+            s.table.children(None).into_iter().map(|c| c.name).collect();
+        match s.ro.list(None) {
+            Ok(l) => candidates.extend(l.into_iter().map(|e| e.name)),
+            Err(e) => tracing::warn!(error = %e, "listing the RO root to invalidate its names"),
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        for name in candidates.iter().filter(|n| !known.contains(n.as_slice())) {
+            let os = std::ffi::OsStr::from_bytes_compat(name);
+            note("inval_entry", notifier.inval_entry(INodeNo(ROOT), os));
+            extra += 1;
+        }
+    }
+    names.len() + extra + usize::from(path.is_some())
 }
 
 trait OsStrCompat {

@@ -53,7 +53,7 @@ use wcfs_core::table::{Child, Resolution, Table};
 
 use crate::store::{Recovery, Store};
 use crate::tls::NodeTls;
-use crate::transport::{Inbound, Transport, TransportConfig, TransportError};
+use crate::transport::{Inbound, Transport, TransportConfig, TransportError, TransportStats};
 
 /// What the filesystem must forget from its kernel caches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +161,8 @@ struct Shared {
     wake: Notify,
     stop: Notify,
     counters: Counters,
+    /// The transport's counters as of the task's last step (the transport is the task's).
+    transport: Mutex<TransportStats>,
 }
 
 impl Shared {
@@ -199,6 +201,25 @@ impl RuntimeHandle {
     /// The node's counters.
     pub fn node_stats(&self) -> node::NodeStats {
         self.shared.read().stats()
+    }
+
+    /// Every member and recently departed member, with its lag (see [`node::PeerInfo`]).
+    pub fn peers(&self) -> Vec<node::PeerInfo> {
+        self.shared.read().peers()
+    }
+
+    /// The transport's counters, as of the network task's last step.
+    pub fn transport_stats(&self) -> TransportStats {
+        *self
+            .shared
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store (data directory and journal), for status and metrics.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     /// The runtime's counters.
@@ -327,6 +348,7 @@ impl Runtime {
             wake: Notify::new(),
             stop: Notify::new(),
             counters: Counters::default(),
+            transport: Mutex::default(),
         });
         let handle = RuntimeHandle { shared };
         let (log_tx, log_rx) = std::sync::mpsc::sync_channel(cfg.remote_log_queue.max(1));
@@ -571,6 +593,12 @@ impl Driver {
             (t, e)
         };
         let c = &self.h.shared.counters;
+        *self
+            .h
+            .shared
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.transport.stats();
         for (t, expect) in transmits {
             if self
                 .transport

@@ -185,6 +185,21 @@ pub struct NodeStats {
     pub paths_collected: u64,
 }
 
+/// What a node knows of one peer, for status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub id: Identity,
+    /// `true` for a member, `false` for one declared down within the GC grace period.
+    pub up: bool,
+    /// Dots we hold that the peer had not seen at its last digest; `None` before any digest.
+    pub peer_behind: Option<u64>,
+    /// Dots the peer had seen at its last digest that we have not; `None` before any digest.
+    pub we_behind: Option<u64>,
+    /// Bytes queued for it in this node and not yet polled by the driver.
+    pub queued: usize,
+}
+
 /// Most events kept unpolled; past it they are dropped for one [`Event::Overflow`].
 const MAX_EVENTS: usize = 1 << 16;
 
@@ -340,6 +355,56 @@ impl Node {
             }
             None => self.peers.get(&addr).map(|p| p.id.name),
         }
+    }
+
+    /// Every member, and every member declared down within the GC grace period, in address
+    /// order, with how far apart their last digest and our table were. O(peers × replicas).
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mine = self.table.version_vector();
+        let gap = |vv: &Option<crate::table::VersionVector>| {
+            vv.as_ref().map(|theirs| {
+                let ahead = |a: &crate::table::VersionVector, b: &crate::table::VersionVector| {
+                    a.0.iter()
+                        .map(|(r, n)| n.saturating_sub(b.get(*r)))
+                        .sum::<u64>()
+                };
+                (ahead(&mine, theirs), ahead(theirs, &mine))
+            })
+        };
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| {
+                let g = gap(&p.vv);
+                PeerInfo {
+                    id: p.id,
+                    up: true,
+                    peer_behind: g.map(|g| g.0),
+                    we_behind: g.map(|g| g.1),
+                    queued: p.queued,
+                }
+            })
+            .collect();
+        for (addr, (_, vv)) in &self.departed {
+            if self.peers.contains_key(addr) {
+                continue;
+            }
+            let g = gap(vv);
+            out.push(PeerInfo {
+                id: Identity {
+                    addr: *addr,
+                    replica: ReplicaId(0),
+                    generation: 0,
+                    name: NodeName::UNKNOWN,
+                },
+                up: false,
+                peer_behind: g.map(|g| g.0),
+                we_behind: g.map(|g| g.1),
+                queued: 0,
+            });
+        }
+        out.sort_by_key(|p| p.id.addr);
+        out
     }
 
     /// Bytes waiting in the outbound queue, all peers together.
