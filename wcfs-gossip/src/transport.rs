@@ -246,6 +246,29 @@ struct Link {
     backoff: Duration,
 }
 
+/// A connection the peer opened to us that could not be installed in its [`Link`] at once
+/// because the link was busy (typically: our own dial to the peer is pending). The link's
+/// holder takes it from here, and a pending dial gives way to it.
+#[derive(Default)]
+struct Incoming {
+    conn: Mutex<Option<(Connection, Arc<str>)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Incoming {
+    fn offer(&self, conn: &Connection, name: &Arc<str>) {
+        *lock(&self.conn) = Some((conn.clone(), name.clone()));
+        self.ready.notify_one();
+    }
+
+    /// The offered connection, if it is still alive.
+    fn take(&self) -> Option<(Connection, Arc<str>)> {
+        lock(&self.conn)
+            .take()
+            .filter(|(c, _)| c.close_reason().is_none())
+    }
+}
+
 /// A queued message, the node it is meant for (if known), and when it was queued (Unix µs).
 type Out = (Vec<u8>, Option<NodeName>, u64);
 
@@ -254,6 +277,7 @@ struct Peer {
     streams: mpsc::Sender<Out>,
     queued_bytes: Arc<AtomicUsize>,
     link: Arc<tokio::sync::Mutex<Link>>,
+    incoming: Arc<Incoming>,
     counters: Arc<PeerCounters>,
 }
 
@@ -512,11 +536,13 @@ fn spawn_peer(inner: &Arc<Inner>, to: SocketAddr) -> Peer {
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let link = Arc::new(tokio::sync::Mutex::new(Link::default()));
     let counters = Arc::new(PeerCounters::default());
+    let incoming = Arc::new(Incoming::default());
     let ctx = PeerCtx {
         inner: inner.clone(),
         to,
         queued_bytes: queued_bytes.clone(),
         link: link.clone(),
+        incoming: incoming.clone(),
         counters: counters.clone(),
     };
     tokio::spawn(ctx.clone().run(drx, Channel::Datagram));
@@ -526,6 +552,7 @@ fn spawn_peer(inner: &Arc<Inner>, to: SocketAddr) -> Peer {
         streams: stx,
         queued_bytes,
         link,
+        incoming,
         counters,
     }
 }
@@ -536,6 +563,7 @@ struct PeerCtx {
     to: SocketAddr,
     queued_bytes: Arc<AtomicUsize>,
     link: Arc<tokio::sync::Mutex<Link>>,
+    incoming: Arc<Incoming>,
     counters: Arc<PeerCounters>,
 }
 
@@ -584,6 +612,12 @@ impl PeerCtx {
     /// dial fails.
     async fn connection(&self) -> Option<(Connection, Arc<str>)> {
         let mut link = self.link.lock().await;
+        if let Some(c) = self.incoming.take() {
+            link.conn = Some(c.clone());
+            link.next_dial = None;
+            link.backoff = Duration::ZERO;
+            return Some(c);
+        }
         if let Some((conn, name)) = &link.conn {
             if conn.close_reason().is_none() {
                 return Some((conn.clone(), name.clone()));
@@ -596,7 +630,26 @@ impl PeerCtx {
         }
         let cfg = &self.inner.cfg;
         bump(&self.inner.counters.dials);
-        match dial(&self.inner, self.to).await {
+        // A peer that was not listening yet when we dialed (it started after us) gets our
+        // Initial packet only when QUIC retransmits it, about a second later; if it dials us
+        // meanwhile, its connection serves both ways and our dial is abandoned.
+        let dialing = dial(&self.inner, self.to);
+        tokio::pin!(dialing);
+        let res = loop {
+            tokio::select! {
+                r = &mut dialing => break r,
+                _ = self.incoming.ready.notified() => {
+                    if let Some(c) = self.incoming.take() {
+                        tracing::debug!(to = %self.to, peer = %c.1, "using the peer's connection instead of our pending dial");
+                        link.conn = Some(c.clone());
+                        link.next_dial = None;
+                        link.backoff = Duration::ZERO;
+                        return Some(c);
+                    }
+                }
+            }
+        };
+        match res {
             Ok((conn, peer)) => {
                 tracing::debug!(to = %self.to, %peer, "connected");
                 self.counters.set_name(&peer);
@@ -712,7 +765,7 @@ fn adopt(
     conn: &Connection,
     name: &Arc<str>,
 ) -> Option<Arc<PeerCounters>> {
-    let (link, counters) = {
+    let (link, incoming, counters) = {
         let mut peers = lock(&inner.peers);
         if !peers.contains_key(&addr) {
             if peers.len() >= inner.cfg.max_peers {
@@ -722,13 +775,17 @@ fn adopt(
             peers.insert(addr, peer);
         }
         let p = peers.get(&addr)?;
-        (p.link.clone(), p.counters.clone())
+        (p.link.clone(), p.incoming.clone(), p.counters.clone())
     };
     counters.set_name(name);
-    if let Ok(mut l) = link.try_lock() {
-        l.conn = Some((conn.clone(), name.clone()));
-        l.next_dial = None;
-        l.backoff = Duration::ZERO;
+    match link.try_lock() {
+        Ok(mut l) => {
+            l.conn = Some((conn.clone(), name.clone()));
+            l.next_dial = None;
+            l.backoff = Duration::ZERO;
+        }
+        // Busy (a dial in progress, or a sender between two messages): hand it over.
+        Err(_) => incoming.offer(conn, name),
     }
     Some(counters)
 }
