@@ -11,6 +11,21 @@
 //! sizes in bytes. Per-peer series carry a `peer` label: the node name in the peer's
 //! certificate (its address until a connection told us the name). Each metric's help text says
 //! exactly what it counts.
+//!
+//! Wiring it into a node takes the runtime's handle and, where a filesystem is mounted, a
+//! closure over its counters (this crate does not depend on `wcfs-fs`), e.g.:
+//!
+//! ```text
+//! let stats = fs_stats.clone(); // Arc<wcfs_fs::stats::RwStats>
+//! let fs: FsSource = Arc::new(move || {
+//!     OpKind::ALL.iter().map(|&k| FsOpCount {
+//!         op: k.name(),
+//!         requests: counted(k).then(|| stats.requests(k)), // None where not counted
+//!         rw_syscalls: stats.get(k),
+//!     }).collect()
+//! });
+//! let server = metrics::serve(cfg.metrics.listen, Sources { runtime: rt.handle(), fs: Some(fs) })?;
+//! ```
 
 mod hist;
 mod http;
