@@ -216,7 +216,7 @@ pub struct Latency {
 
 /// Most peer names whose record counts are kept; more are summed under [`OTHER_PEERS`].
 const MAX_PEER_NAMES: usize = 1024;
-/// The name records of peers beyond [`MAX_PEER_NAMES`] are counted under.
+/// The name records of peers beyond the first 1024 names are counted under.
 pub const OTHER_PEERS: &str = "_other";
 /// Local mutations waiting for their push to be measured, at most (older ones are forgotten).
 const MAX_PENDING: usize = 1 << 16;
