@@ -63,6 +63,27 @@ impl OpKind {
         OpKind::Xattr,
         OpKind::Other,
     ];
+
+    /// A stable lowercase name for labels (metrics, status output).
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Lookup => "lookup",
+            OpKind::Getattr => "getattr",
+            OpKind::Setattr => "setattr",
+            OpKind::Readlink => "readlink",
+            OpKind::Create => "create",
+            OpKind::Remove => "remove",
+            OpKind::Rename => "rename",
+            OpKind::Open => "open",
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Sync => "sync",
+            OpKind::Readdir => "readdir",
+            OpKind::Statfs => "statfs",
+            OpKind::Xattr => "xattr",
+            OpKind::Other => "other",
+        }
+    }
 }
 
 thread_local! {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::metrics::{Histogram, HistogramSnapshot};
 use wcfs_core::ReplicaId;
 use wcfs_core::dot::MAX_SEQ;
 use wcfs_core::journal::{
@@ -154,6 +155,8 @@ pub struct Journal {
     state: Mutex<State>,
     /// Signalled whenever an fsync ends.
     synced: Condvar,
+    /// Duration of each append fsync (successful or not).
+    fsync_latency: Histogram,
 }
 
 impl std::fmt::Debug for Journal {
@@ -240,6 +243,7 @@ impl Journal {
                 failed: None,
             }),
             synced: Condvar::new(),
+            fsync_latency: Histogram::new(),
         };
         Ok((j, rep))
     }
@@ -362,7 +366,9 @@ impl Journal {
             let target = st.written;
             let file = Arc::clone(&st.file);
             drop(st);
+            let t0 = Instant::now();
             let res = file.sync_data();
+            self.fsync_latency.observe(t0.elapsed());
             st = self.lock();
             st.syncing = false;
             // `rotate` never swaps the file while an fsync is in flight.
@@ -536,6 +542,12 @@ impl Journal {
     /// Whether the journal holds no frame (only its header).
     pub fn is_empty(&self) -> bool {
         self.len() <= HEADER_LEN as u64
+    }
+
+    /// How long the fsyncs that made appends durable took (group-commit leaders' and
+    /// interval fsyncs; not rotations).
+    pub fn fsync_latency(&self) -> HistogramSnapshot {
+        self.fsync_latency.snapshot()
     }
 
     /// Sizes and counters.

@@ -4,6 +4,7 @@
 
 pub mod fsutil;
 pub mod journal;
+pub mod metrics;
 pub mod runtime;
 pub mod store;
 pub mod tls;

@@ -35,6 +35,7 @@
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,9 +52,14 @@ use wcfs_core::path::WPath;
 use wcfs_core::record::Record;
 use wcfs_core::table::{Child, Resolution, Table};
 
+use crate::journal::JournalStats;
+use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::store::{Recovery, Store};
 use crate::tls::NodeTls;
-use crate::transport::{Inbound, Transport, TransportConfig, TransportError, TransportStats};
+use crate::transport::{
+    Inbound, PeerStats, Transport, TransportConfig, TransportError, TransportProbe, TransportStats,
+    unix_micros,
+};
 
 /// What the filesystem must forget from its kernel caches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +125,21 @@ pub struct RuntimeStats {
     /// Received messages dropped because they claimed to come from another node than the one
     /// the connection's certificate names.
     pub impostor_dropped: u64,
+    /// Local mutations proposed through the handle (including ones whose journal append
+    /// failed).
+    pub proposals: u64,
+    /// Paths the filesystem was told to invalidate because a remote change altered them.
+    pub invalidated_paths: u64,
+    /// Times the filesystem was told to drop everything (table replaced by a snapshot, or
+    /// events lost).
+    pub invalidated_all: u64,
+    /// Members that came up (joined, or came back under a new generation).
+    pub members_up: u64,
+    /// Members declared down (failed, left, or replaced by a newer generation).
+    pub members_down: u64,
+    /// Propagation-latency observations whose sender's clock was ahead of ours (counted as 0
+    /// in the histogram).
+    pub clock_ahead: u64,
 }
 
 #[derive(Default)]
@@ -127,6 +148,129 @@ struct Counters {
     remote_logged: AtomicU64,
     remote_log_dropped: AtomicU64,
     impostor_dropped: AtomicU64,
+    proposals: AtomicU64,
+    invalidated_paths: AtomicU64,
+    invalidated_all: AtomicU64,
+    members_up: AtomicU64,
+    members_down: AtomicU64,
+    clock_ahead: AtomicU64,
+}
+
+/// How records travel between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// Eager pushes of fresh local mutations.
+    Push,
+    /// Anti-entropy repair: records a peer lacked, sent after a digest exchange.
+    AntiEntropy,
+}
+
+/// Record counts of one [`Flow`] with one peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records in messages handed to the transport for the peer (dropped later if its queue
+    /// overflows or it is unreachable: see [`PeerStats`]).
+    pub sent: u64,
+    /// Records in messages received from the peer (duplicates included).
+    pub received: u64,
+    /// Received records that added something to the table (new dots).
+    pub applied: u64,
+}
+
+/// Records exchanged with one peer, by the node name its certificate carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecords {
+    /// The peer's node name (its address when no name is known).
+    pub peer: Arc<str>,
+    /// Eager pushes.
+    pub push: RecordCounts,
+    /// Anti-entropy.
+    pub anti_entropy: RecordCounts,
+}
+
+impl PeerRecords {
+    fn flow(&mut self, f: Flow) -> &mut RecordCounts {
+        match f {
+            Flow::Push => &mut self.push,
+            Flow::AntiEntropy => &mut self.anti_entropy,
+        }
+    }
+}
+
+/// Propagation-latency histograms (see [`RuntimeHandle::latency`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Per received push message that added records: the sender's wall clock when it queued
+    /// the message, to this node's wall clock once the records were applied and visible to
+    /// readers. Includes the sender's transport queue, QUIC, our inbound queue and the merge;
+    /// subject to the clock skew between the two nodes.
+    pub push: HistogramSnapshot,
+    /// The same for anti-entropy messages that added records (mutations a push missed: large
+    /// values mean pushes are being lost).
+    pub anti_entropy: HistogramSnapshot,
+    /// Per local mutation, on this node's monotonic clock: from the filesystem's propose call
+    /// to the mutation being durable in the journal and its push handed to the transport for
+    /// every live peer (or, with no peer up, released for anti-entropy).
+    pub local: HistogramSnapshot,
+}
+
+/// Most peer names whose record counts are kept; more are summed under [`OTHER_PEERS`].
+const MAX_PEER_NAMES: usize = 1024;
+/// The name records of peers beyond the first 1024 names are counted under.
+pub const OTHER_PEERS: &str = "_other";
+/// Local mutations waiting for their push to be measured, at most (older ones are forgotten).
+const MAX_PENDING: usize = 1 << 16;
+
+/// Measurements that are not plain counters.
+#[derive(Default)]
+struct Observed {
+    push_latency: Histogram,
+    ae_latency: Histogram,
+    local_latency: Histogram,
+    /// Own mutations not yet released: (seq, when propose was called).
+    pending: Mutex<VecDeque<(u64, Instant)>>,
+    peers: Mutex<HashMap<Arc<str>, PeerRecords>>,
+}
+
+impl Observed {
+    fn peer(&self, name: &Arc<str>, f: impl FnOnce(&mut PeerRecords)) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if peers.len() < MAX_PEER_NAMES || peers.contains_key(name) {
+            name.clone()
+        } else {
+            Arc::from(OTHER_PEERS)
+        };
+        let rec = peers.entry(key.clone()).or_insert_with(|| PeerRecords {
+            peer: key,
+            push: RecordCounts::default(),
+            anti_entropy: RecordCounts::default(),
+        });
+        f(rec);
+    }
+}
+
+/// The records a sync message carries and how they travel, read from its header without
+/// decoding it; `None` for every other message (SWIM, digests, snapshots) and for bytes that
+/// are not a message of this format version.
+///
+/// This peeks at the format of [`wcfs_core::node::wire::Message::encode`]: magic, version,
+/// type (1 = push, 3 = anti-entropy records, the latter followed by a `complete` byte), then
+/// the record count as a varint. A test checks it against the encoder.
+pub fn peek_records(bytes: &[u8]) -> Option<(Flow, u64)> {
+    use wcfs_core::node::wire::{MAGIC, VERSION};
+    let mut r = wcfs_core::codec::Reader::new(bytes);
+    if r.take(4).ok()? != MAGIC || r.u8().ok()? != VERSION {
+        return None;
+    }
+    let flow = match r.u8().ok()? {
+        1 => Flow::Push,
+        3 => {
+            r.u8().ok()?;
+            Flow::AntiEntropy
+        }
+        _ => return None,
+    };
+    Some((flow, r.varint().ok()?))
 }
 
 /// Own sequence numbers whose journal append finished, possibly out of order: the node may
@@ -156,13 +300,13 @@ impl DurableMark {
 struct Shared {
     node: RwLock<Node>,
     store: Arc<Store>,
+    transport: TransportProbe,
+    observed: Observed,
     mark: Mutex<DurableMark>,
     /// Wakes the task: a proposal became durable and its push is queued in the node.
     wake: Notify,
     stop: Notify,
     counters: Counters,
-    /// The transport's counters as of the task's last step (the transport is the task's).
-    transport: Mutex<TransportStats>,
 }
 
 impl Shared {
@@ -208,15 +352,6 @@ impl RuntimeHandle {
         self.shared.read().peers()
     }
 
-    /// The transport's counters, as of the network task's last step.
-    pub fn transport_stats(&self) -> TransportStats {
-        *self
-            .shared
-            .transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The store (data directory and journal), for status and metrics.
     pub fn store(&self) -> &Store {
         &self.shared.store
@@ -230,7 +365,55 @@ impl RuntimeHandle {
             remote_logged: c.remote_logged.load(Ordering::Relaxed),
             remote_log_dropped: c.remote_log_dropped.load(Ordering::Relaxed),
             impostor_dropped: c.impostor_dropped.load(Ordering::Relaxed),
+            proposals: c.proposals.load(Ordering::Relaxed),
+            invalidated_paths: c.invalidated_paths.load(Ordering::Relaxed),
+            invalidated_all: c.invalidated_all.load(Ordering::Relaxed),
+            members_up: c.members_up.load(Ordering::Relaxed),
+            members_down: c.members_down.load(Ordering::Relaxed),
+            clock_ahead: c.clock_ahead.load(Ordering::Relaxed),
         }
+    }
+
+    /// The transport's counters.
+    pub fn transport_stats(&self) -> TransportStats {
+        self.shared.transport.stats()
+    }
+
+    /// Every peer address the transport tracks, with its queues and drops.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.shared.transport.peer_stats()
+    }
+
+    /// Records exchanged per peer name, in no particular order.
+    pub fn peer_records(&self) -> Vec<PeerRecords> {
+        let peers = self.shared.observed.peers.lock();
+        let peers = peers.unwrap_or_else(|e| e.into_inner());
+        peers.values().cloned().collect()
+    }
+
+    /// The propagation-latency histograms.
+    pub fn latency(&self) -> Latency {
+        let o = &self.shared.observed;
+        Latency {
+            push: o.push_latency.snapshot(),
+            anti_entropy: o.ae_latency.snapshot(),
+            local: o.local_latency.snapshot(),
+        }
+    }
+
+    /// The journal's sizes and counters.
+    pub fn journal_stats(&self) -> JournalStats {
+        self.shared.store.journal().stats()
+    }
+
+    /// How long the journal's fsyncs took.
+    pub fn journal_fsync_latency(&self) -> HistogramSnapshot {
+        self.shared.store.journal().fsync_latency()
+    }
+
+    /// Snapshots the store wrote since the runtime started.
+    pub fn snapshots_written(&self) -> u64 {
+        self.shared.store.snapshots_written()
     }
 
     /// Writes a snapshot of the table to the store and shrinks the journal. Blocks on disk
@@ -256,12 +439,26 @@ impl TableHandle for RuntimeHandle {
     /// FUSE worker threads call it, never the async task.
     fn propose(&self, path: &WPath, op: Op) -> Result<(), ProposeError> {
         let sh = &self.shared;
+        let t0 = Instant::now();
         let (rec, seq) = {
             let mut node = sh.write();
             sh.store.reserve(node.table().counter() + 1)?;
             let rec = node.propose(path, op)?;
             (rec, node.table().counter())
         };
+        sh.counters.proposals.fetch_add(1, Ordering::Relaxed);
+        {
+            // Before the release below, so that the drain that sends the push sees it.
+            let mut p = sh
+                .observed
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if p.len() >= MAX_PENDING {
+                p.pop_front();
+            }
+            p.push_back((seq, t0));
+        }
         let logged = sh.store.log_local(&rec);
         if let Err(e) = &logged {
             // The mutation is in the table and cannot be taken back; its seq was durably
@@ -327,6 +524,7 @@ impl Runtime {
         let name = NodeName::new(tls.name())?;
         let (transport, inbound) = Transport::bind(cfg.transport.clone(), tls)?;
         let local = transport.local_addr();
+        let probe = transport.probe();
         cfg.node.report_merged = true;
         let identity = Identity {
             addr: local,
@@ -341,6 +539,8 @@ impl Runtime {
         let shared = Arc::new(Shared {
             node: RwLock::new(node),
             store: store.clone(),
+            transport: probe,
+            observed: Observed::default(),
             mark: Mutex::new(DurableMark {
                 upto,
                 done: BTreeSet::new(),
@@ -348,7 +548,6 @@ impl Runtime {
             wake: Notify::new(),
             stop: Notify::new(),
             counters: Counters::default(),
-            transport: Mutex::default(),
         });
         let handle = RuntimeHandle { shared };
         let (log_tx, log_rx) = std::sync::mpsc::sync_channel(cfg.remote_log_queue.max(1));
@@ -366,6 +565,7 @@ impl Runtime {
             log_tx,
             cfg,
             impostors: HashMap::new(),
+            events: Vec::new(),
         };
         let task = tokio::spawn(driver.run());
         Ok(Runtime {
@@ -442,6 +642,20 @@ struct Driver {
     cfg: RuntimeConfig,
     /// When each (address, certificate name) was last logged as an impostor.
     impostors: HashMap<(SocketAddr, Arc<str>), Instant>,
+    /// Events taken from the node early (to attribute merges to a message), for `drain`.
+    events: Vec<Event>,
+}
+
+/// A received sync message, for the per-peer counters and the propagation histogram.
+struct SyncReceived {
+    peer: Arc<str>,
+    flow: Flow,
+    /// Records it carried.
+    records: u64,
+    /// Of which added something to the table.
+    applied: u64,
+    /// The sender's wall clock when it queued the message.
+    sent_unix_us: Option<u64>,
 }
 
 /// How often one impostor is logged.
@@ -477,15 +691,38 @@ impl Driver {
                     let now = self.now();
                     let mut node = sh.write();
                     let mut impostors = Vec::new();
+                    let mut syncs = Vec::new();
                     for m in buf.drain(..) {
                         match node.sender_name(m.from, &m.bytes) {
                             Some(claim) if claim.as_str() != &*m.peer => {
                                 impostors.push((m.from, m.peer, claim));
                             }
-                            _ => node.handle(now, m.from, &m.bytes),
+                            _ => {
+                                let records = peek_records(&m.bytes);
+                                node.handle(now, m.from, &m.bytes);
+                                if let Some((flow, n)) = records {
+                                    let before = self.events.len();
+                                    while let Some(e) = node.poll_event() {
+                                        self.events.push(e);
+                                    }
+                                    let applied = self.events[before..]
+                                        .iter()
+                                        .filter(|e| matches!(e, Event::Merged(_)))
+                                        .count() as u64;
+                                    syncs.push(SyncReceived {
+                                        peer: m.peer,
+                                        flow,
+                                        records: n,
+                                        applied,
+                                        sent_unix_us: m.sent_unix_us,
+                                    });
+                                }
+                            }
                         }
                     }
                     drop(node);
+                    // Measured once the batch is visible to readers (the lock is released).
+                    self.observe_received(syncs);
                     for (from, peer, claim) in impostors {
                         self.impostor(from, peer, claim);
                     }
@@ -523,6 +760,41 @@ impl Driver {
             .is_err()
         {
             tracing::debug!("connections still closing after {CLOSE_WAIT:?}");
+        }
+    }
+
+    /// Counts received sync records per peer, and the propagation latency of messages that
+    /// added records.
+    fn observe_received(&self, syncs: Vec<SyncReceived>) {
+        if syncs.is_empty() {
+            return;
+        }
+        let sh = &self.h.shared;
+        let now_us = unix_micros();
+        for SyncReceived {
+            peer,
+            flow,
+            records: n,
+            applied,
+            sent_unix_us: sent,
+        } in syncs
+        {
+            sh.observed.peer(&peer, |p| {
+                let c = p.flow(flow);
+                c.received += n;
+                c.applied += applied;
+            });
+            let Some(sent) = sent.filter(|_| applied > 0) else {
+                continue;
+            };
+            if sent > now_us {
+                sh.counters.clock_ahead.fetch_add(1, Ordering::Relaxed);
+            }
+            let h = match flow {
+                Flow::Push => &sh.observed.push_latency,
+                Flow::AntiEntropy => &sh.observed.ae_latency,
+            };
+            h.observe_us(now_us.saturating_sub(sent));
         }
     }
 
@@ -579,50 +851,79 @@ impl Driver {
 
     /// Sends what the node queued and acts on its events, outside the node lock.
     fn drain(&mut self) {
-        let (transmits, events) = {
-            let mut node = self.h.shared.write();
+        let sh = self.h.shared.clone();
+        let (transmits, events, durable) = {
+            let mut node = sh.write();
             let mut t: Vec<(Transmit, Option<NodeName>)> = Vec::new();
             while let Some(x) = node.poll_transmit() {
                 let expect = node.recipient_name(x.to, &x.bytes);
                 t.push((x, expect));
             }
-            let mut e = Vec::new();
+            let mut e = std::mem::take(&mut self.events);
             while let Some(x) = node.poll_event() {
                 e.push(x);
             }
-            (t, e)
+            (t, e, node.durable())
         };
-        let c = &self.h.shared.counters;
-        *self
-            .h
-            .shared
-            .transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = self.transport.stats();
+        let c = &sh.counters;
         for (t, expect) in transmits {
+            let records = peek_records(&t.bytes);
             if self
                 .transport
                 .send_to(t.to, expect, t.channel, t.bytes)
                 .is_err()
             {
                 c.sends_dropped.fetch_add(1, Ordering::Relaxed);
+            } else if let Some((flow, n)) = records {
+                let peer: Arc<str> = match &expect {
+                    Some(name) => Arc::from(name.as_str()),
+                    None => Arc::from(t.to.to_string()),
+                };
+                sh.observed.peer(&peer, |p| p.flow(flow).sent += n);
+            }
+        }
+        // Every push of a mutation up to `durable` was queued in the node before we took the
+        // transmits above, so it has now been handed to the transport.
+        {
+            let mut pending = sh
+                .observed
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if pending.iter().any(|(seq, _)| *seq <= durable) {
+                pending.retain(|(seq, t0)| {
+                    let released = *seq <= durable;
+                    if released {
+                        sh.observed.local_latency.observe(t0.elapsed());
+                    }
+                    !released
+                });
             }
         }
         let mut merged = Vec::new();
         for e in events {
             match e {
-                Event::PathChanged(p) => (self.invalidate)(Invalidate::Path(p)),
+                Event::PathChanged(p) => {
+                    c.invalidated_paths.fetch_add(1, Ordering::Relaxed);
+                    (self.invalidate)(Invalidate::Path(p))
+                }
                 Event::Reset => {
                     tracing::info!("table replaced by a peer's snapshot");
+                    c.invalidated_all.fetch_add(1, Ordering::Relaxed);
                     (self.invalidate)(Invalidate::All);
                     // The journal cannot replay a snapshot: persist the new table now.
                     drop(self.maintain(true));
                 }
-                Event::Overflow => (self.invalidate)(Invalidate::All),
+                Event::Overflow => {
+                    c.invalidated_all.fetch_add(1, Ordering::Relaxed);
+                    (self.invalidate)(Invalidate::All)
+                }
                 Event::MemberUp(id) => {
+                    c.members_up.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(addr = %id.addr, replica = %id.replica, generation = id.generation, "member up")
                 }
                 Event::MemberDown(id) => {
+                    c.members_down.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(addr = %id.addr, replica = %id.replica, generation = id.generation, "member down")
                 }
                 Event::Merged(r) => merged.push(r),
@@ -640,7 +941,58 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
-    use super::DurableMark;
+    use super::{DurableMark, Flow, peek_records};
+    use wcfs_core::node::Message;
+    use wcfs_core::table::{Digest, Shipped, Table};
+    use wcfs_core::{Op, ReplicaId, WPath};
+
+    #[test]
+    fn peek_records_agrees_with_the_encoder() {
+        let mut t = Table::new(ReplicaId(7), 1);
+        let recs: Vec<_> = (0..200)
+            .map(|i| {
+                let p = WPath::try_from(format!("d/f{i}").as_str()).unwrap();
+                t.propose(&p, Op::MarkRw).unwrap()
+            })
+            .collect();
+        // 200 records: the count takes two varint bytes.
+        let push = Message::Push(recs.clone()).encode();
+        assert_eq!(peek_records(&push), Some((Flow::Push, 200)));
+        let shipped: Vec<Shipped> = recs[..3]
+            .iter()
+            .map(|r| Shipped {
+                record: r.clone(),
+                also: vec![],
+            })
+            .collect();
+        for complete in [false, true] {
+            let m = Message::Records {
+                complete,
+                items: shipped.clone(),
+            };
+            assert_eq!(peek_records(&m.encode()), Some((Flow::AntiEntropy, 3)));
+        }
+        let others = [
+            Message::Swim(vec![1, 2, 3]),
+            Message::Digest {
+                reply: true,
+                digest: Digest::default(),
+            },
+            Message::Summary {
+                hash: 1,
+                echo: false,
+            },
+            Message::SnapReq { id: 1, offset: 0 },
+        ];
+        for m in others {
+            assert_eq!(peek_records(&m.encode()), None, "{m:?}");
+        }
+        assert_eq!(peek_records(&push[..6]), None, "truncated before the count");
+        assert_eq!(peek_records(b"nope"), None);
+        let mut other_version = push.clone();
+        other_version[4] ^= 0xff;
+        assert_eq!(peek_records(&other_version), None);
+    }
 
     #[test]
     fn durable_mark_advances_only_over_a_contiguous_prefix() {

@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wcfs_core::handle::{LocalHandle, Persist, ProposeError};
 use wcfs_core::journal::{JournalEntry, Tail, apply};
@@ -141,6 +142,8 @@ pub struct Store {
     journal: Journal,
     opts: StoreOptions,
     snapshot_lock: Mutex<()>,
+    /// Snapshots written since open.
+    snapshots: AtomicU64,
     _lock: File,
 }
 
@@ -303,6 +306,7 @@ impl Store {
                 journal,
                 opts,
                 snapshot_lock: Mutex::new(()),
+                snapshots: AtomicU64::new(0),
                 _lock: lock,
             },
             table,
@@ -377,6 +381,11 @@ impl Store {
         &self.dir
     }
 
+    /// Snapshots written (and the journal shrunk after them) since the store was opened.
+    pub fn snapshots_written(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
     /// The journal (for status and metrics).
     pub fn journal(&self) -> &Journal {
         &self.journal
@@ -413,6 +422,7 @@ impl Store {
         })
         .map_err(io_err(&path, "write snapshot"))?;
         self.journal.rotate(mark)?;
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %path.display(), bytes = size, "wrote snapshot");
         Ok(size)
     }

@@ -26,8 +26,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// The ALPN protocol both ends require; a QUIC peer speaking anything else is refused.
-pub const ALPN: &[u8] = b"wcfs/1";
+/// The ALPN protocol both ends require; a QUIC peer speaking anything else is refused. It
+/// names the transport's framing: version 2 added the queued-at time to stream headers.
+pub const ALPN: &[u8] = b"wcfs/2";
 
 /// The longest node name accepted (one DNS label).
 pub const MAX_NAME_LEN: usize = 63;

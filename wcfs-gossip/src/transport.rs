@@ -4,7 +4,9 @@
 //! Two channels, matching [`wcfs_core::node::Channel`]:
 //! - **datagrams** (SWIM): unreliable, at most the connection's datagram size;
 //! - **streams** (sync records, snapshots): one unidirectional QUIC stream per message, framed
-//!   as a little-endian `u32` length then the bytes, at most [`TransportConfig::max_message`].
+//!   as the sender's wall-clock time when the message was queued (little-endian `u64`
+//!   microseconds since the Unix epoch, for the receiver's propagation-latency metric), a
+//!   little-endian `u32` length, then the bytes, at most [`TransportConfig::max_message`].
 //!
 //! One connection per peer address is reused for everything; a lost connection is redialed on
 //! the next message, with exponential backoff between failed dials (messages for a peer in
@@ -96,6 +98,10 @@ pub struct Inbound {
     pub channel: Channel,
     /// The message.
     pub bytes: Vec<u8>,
+    /// For streams: when the sender queued the message, by the sender's wall clock (Unix
+    /// microseconds). Only comparable with this node's clock up to the clock skew between
+    /// the two. `None` for datagrams.
+    pub sent_unix_us: Option<u64>,
 }
 
 /// Why [`Transport::send`] did not queue a message (each is also counted in [`TransportStats`]).
@@ -132,6 +138,56 @@ pub enum TransportError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// One peer (address) as the transport sees it, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The node name in the certificate of the last connection to it (`None` before any).
+    pub name: Option<Arc<str>>,
+    /// Messages waiting in its outbound queues (both channels).
+    pub queued_msgs: usize,
+    /// Bytes waiting in its outbound queues.
+    pub queued_bytes: usize,
+    /// Messages handed to its connection.
+    pub sent: u64,
+    /// Messages received from it and delivered to the inbound channel.
+    pub received: u64,
+    /// Outbound messages dropped because its queue was full.
+    pub dropped_queue_full: u64,
+    /// Outbound messages dropped because it could not be reached (dial failed or backoff).
+    pub dropped_unreachable: u64,
+    /// Outbound messages dropped because its certificate named another node than intended.
+    pub dropped_wrong_peer: u64,
+}
+
+/// Per-peer counters, shared by the peer's sender tasks and the connection's reader.
+#[derive(Default)]
+struct PeerCounters {
+    name: Mutex<Option<Arc<str>>>,
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_unreachable: AtomicU64,
+    dropped_wrong_peer: AtomicU64,
+}
+
+impl PeerCounters {
+    fn set_name(&self, name: &Arc<str>) {
+        let mut n = lock(&self.name);
+        if n.as_deref() != Some(&**name) {
+            *n = Some(name.clone());
+        }
+    }
+}
+
+/// Wall-clock now in Unix microseconds (0 if the clock is before the epoch).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Counters since the transport started.
@@ -190,14 +246,46 @@ struct Link {
     backoff: Duration,
 }
 
-/// A queued message and, if known, the node it is meant for.
-type Out = (Vec<u8>, Option<NodeName>);
+/// A connection the peer opened to us that could not be installed in its [`Link`] at once
+/// because the link was busy (typically: our own dial to the peer is pending). The link's
+/// holder takes it from here, and a pending dial gives way to it.
+#[derive(Default)]
+struct Incoming {
+    conn: Mutex<Option<(Connection, Arc<str>)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Incoming {
+    fn offer(&self, conn: &Connection, name: &Arc<str>) {
+        *lock(&self.conn) = Some((conn.clone(), name.clone()));
+        self.ready.notify_one();
+    }
+
+    /// The offered connection, if it is still alive.
+    fn take(&self) -> Option<(Connection, Arc<str>)> {
+        lock(&self.conn)
+            .take()
+            .filter(|(c, _)| c.close_reason().is_none())
+    }
+}
+
+/// A queued message, the node it is meant for (if known), and when it was queued (Unix µs).
+type Out = (Vec<u8>, Option<NodeName>, u64);
 
 struct Peer {
     datagrams: mpsc::Sender<Out>,
     streams: mpsc::Sender<Out>,
     queued_bytes: Arc<AtomicUsize>,
     link: Arc<tokio::sync::Mutex<Link>>,
+    incoming: Arc<Incoming>,
+    counters: Arc<PeerCounters>,
+}
+
+impl Peer {
+    fn queued_msgs(&self) -> usize {
+        let q = |s: &mpsc::Sender<Out>| s.max_capacity() - s.capacity();
+        q(&self.datagrams) + q(&self.streams)
+    }
 }
 
 struct Inner {
@@ -328,19 +416,21 @@ impl Transport {
         let len = bytes.len();
         if peer.queued_bytes.load(Ordering::Relaxed) + len > self.inner.cfg.peer_queue_bytes {
             bump(&c.dropped_queue_full);
+            bump(&peer.counters.dropped_queue_full);
             return Err(SendError::QueueFull);
         }
         let q = match channel {
             Channel::Datagram => &peer.datagrams,
             Channel::Stream => &peer.streams,
         };
-        match q.try_send((bytes, expect)) {
+        match q.try_send((bytes, expect, unix_micros())) {
             Ok(()) => {
                 peer.queued_bytes.fetch_add(len, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 bump(&c.dropped_queue_full);
+                bump(&peer.counters.dropped_queue_full);
                 Err(SendError::QueueFull)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
@@ -354,21 +444,23 @@ impl Transport {
             .map_or(0, |p| p.queued_bytes.load(Ordering::Relaxed))
     }
 
+    /// Every peer the transport tracks (at most [`TransportConfig::max_peers`]), in no
+    /// particular order.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.probe().peer_stats()
+    }
+
+    /// A cheap handle that reads this transport's counters from elsewhere (it keeps no
+    /// connection alive after [`Transport::close`]).
+    pub fn probe(&self) -> TransportProbe {
+        TransportProbe {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> TransportStats {
-        let c = &self.inner.counters;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        TransportStats {
-            sent: g(&c.sent),
-            received: g(&c.received),
-            dropped_queue_full: g(&c.dropped_queue_full),
-            dropped_unreachable: g(&c.dropped_unreachable),
-            dropped_too_large: g(&c.dropped_too_large),
-            dropped_inbound: g(&c.dropped_inbound),
-            dials: g(&c.dials),
-            handshakes_failed: g(&c.handshakes_failed),
-            dropped_wrong_peer: g(&c.dropped_wrong_peer),
-        }
+        stats_of(&self.inner.counters)
     }
 
     /// Closes every connection and stops accepting; queued messages are dropped.
@@ -390,17 +482,68 @@ impl Drop for Transport {
     }
 }
 
+/// Reads a transport's counters (see [`Transport::probe`]). Cheap to clone.
+#[derive(Clone)]
+pub struct TransportProbe {
+    inner: Arc<Inner>,
+}
+
+impl TransportProbe {
+    /// Same as [`Transport::stats`].
+    pub fn stats(&self) -> TransportStats {
+        stats_of(&self.inner.counters)
+    }
+
+    /// Same as [`Transport::peer_stats`].
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        lock(&self.inner.peers)
+            .iter()
+            .map(|(addr, p)| PeerStats {
+                addr: *addr,
+                name: lock(&p.counters.name).clone(),
+                queued_msgs: p.queued_msgs(),
+                queued_bytes: p.queued_bytes.load(Ordering::Relaxed),
+                sent: g(&p.counters.sent),
+                received: g(&p.counters.received),
+                dropped_queue_full: g(&p.counters.dropped_queue_full),
+                dropped_unreachable: g(&p.counters.dropped_unreachable),
+                dropped_wrong_peer: g(&p.counters.dropped_wrong_peer),
+            })
+            .collect()
+    }
+}
+
+fn stats_of(c: &Counters) -> TransportStats {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    TransportStats {
+        sent: g(&c.sent),
+        received: g(&c.received),
+        dropped_queue_full: g(&c.dropped_queue_full),
+        dropped_unreachable: g(&c.dropped_unreachable),
+        dropped_too_large: g(&c.dropped_too_large),
+        dropped_inbound: g(&c.dropped_inbound),
+        dials: g(&c.dials),
+        handshakes_failed: g(&c.handshakes_failed),
+        dropped_wrong_peer: g(&c.dropped_wrong_peer),
+    }
+}
+
 fn spawn_peer(inner: &Arc<Inner>, to: SocketAddr) -> Peer {
     let n = inner.cfg.peer_queue_msgs.max(1);
     let (dtx, drx) = mpsc::channel(n);
     let (stx, srx) = mpsc::channel(n);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let link = Arc::new(tokio::sync::Mutex::new(Link::default()));
+    let counters = Arc::new(PeerCounters::default());
+    let incoming = Arc::new(Incoming::default());
     let ctx = PeerCtx {
         inner: inner.clone(),
         to,
         queued_bytes: queued_bytes.clone(),
         link: link.clone(),
+        incoming: incoming.clone(),
+        counters: counters.clone(),
     };
     tokio::spawn(ctx.clone().run(drx, Channel::Datagram));
     tokio::spawn(ctx.run(srx, Channel::Stream));
@@ -409,6 +552,8 @@ fn spawn_peer(inner: &Arc<Inner>, to: SocketAddr) -> Peer {
         streams: stx,
         queued_bytes,
         link,
+        incoming,
+        counters,
     }
 }
 
@@ -418,22 +563,27 @@ struct PeerCtx {
     to: SocketAddr,
     queued_bytes: Arc<AtomicUsize>,
     link: Arc<tokio::sync::Mutex<Link>>,
+    incoming: Arc<Incoming>,
+    counters: Arc<PeerCounters>,
 }
 
 impl PeerCtx {
     /// Sends the queue's messages in order until the transport drops the queue.
     async fn run(self, mut rx: mpsc::Receiver<Out>, channel: Channel) {
         let c = &self.inner.counters;
-        while let Some((msg, expect)) = rx.recv().await {
+        let pc = &self.counters;
+        while let Some((msg, expect, queued_at)) = rx.recv().await {
             self.queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
             let Some((conn, name)) = self.connection().await else {
                 bump(&c.dropped_unreachable);
+                bump(&pc.dropped_unreachable);
                 continue;
             };
             if let Some(want) = expect
                 && want.as_str() != &*name
             {
                 bump(&c.dropped_wrong_peer);
+                bump(&pc.dropped_wrong_peer);
                 let why = format!("certificate names {name:?}, the member there is {want:?}");
                 log_failure(&self.inner, self.to, "sending", &why);
                 continue;
@@ -446,12 +596,14 @@ impl PeerCtx {
                         continue;
                     }
                 },
-                Channel::Stream => send_stream(&conn, &msg).await,
+                Channel::Stream => send_stream(&conn, queued_at, &msg).await,
             };
             if ok {
                 bump(&c.sent);
+                bump(&pc.sent);
             } else {
                 bump(&c.dropped_unreachable);
+                bump(&pc.dropped_unreachable);
             }
         }
     }
@@ -460,6 +612,12 @@ impl PeerCtx {
     /// dial fails.
     async fn connection(&self) -> Option<(Connection, Arc<str>)> {
         let mut link = self.link.lock().await;
+        if let Some(c) = self.incoming.take() {
+            link.conn = Some(c.clone());
+            link.next_dial = None;
+            link.backoff = Duration::ZERO;
+            return Some(c);
+        }
         if let Some((conn, name)) = &link.conn {
             if conn.close_reason().is_none() {
                 return Some((conn.clone(), name.clone()));
@@ -472,9 +630,29 @@ impl PeerCtx {
         }
         let cfg = &self.inner.cfg;
         bump(&self.inner.counters.dials);
-        match dial(&self.inner, self.to).await {
+        // A peer that was not listening yet when we dialed (it started after us) gets our
+        // Initial packet only when QUIC retransmits it, about a second later; if it dials us
+        // meanwhile, its connection serves both ways and our dial is abandoned.
+        let dialing = dial(&self.inner, self.to);
+        tokio::pin!(dialing);
+        let res = loop {
+            tokio::select! {
+                r = &mut dialing => break r,
+                _ = self.incoming.ready.notified() => {
+                    if let Some(c) = self.incoming.take() {
+                        tracing::debug!(to = %self.to, peer = %c.1, "using the peer's connection instead of our pending dial");
+                        link.conn = Some(c.clone());
+                        link.next_dial = None;
+                        link.backoff = Duration::ZERO;
+                        return Some(c);
+                    }
+                }
+            }
+        };
+        match res {
             Ok((conn, peer)) => {
                 tracing::debug!(to = %self.to, %peer, "connected");
+                self.counters.set_name(&peer);
                 link.conn = Some((conn.clone(), peer.clone()));
                 link.next_dial = None;
                 link.backoff = Duration::ZERO;
@@ -483,6 +661,7 @@ impl PeerCtx {
                     conn.clone(),
                     self.to,
                     peer.clone(),
+                    Some(self.counters.clone()),
                 ));
                 Some((conn, peer))
             }
@@ -568,8 +747,8 @@ async fn accept_loop(inner: Arc<Inner>) {
                 }
             };
             tracing::debug!(from = %addr, %peer, "accepted");
-            adopt(&inner, addr, &conn, &peer);
-            serve(inner, conn, addr, peer).await;
+            let counters = adopt(&inner, addr, &conn, &peer);
+            serve(inner, conn, addr, peer, counters).await;
         });
     }
 }
@@ -578,44 +757,72 @@ async fn accept_loop(inner: Arc<Inner>) {
 /// still think is alive: a peer that handshakes again has most likely restarted (after a
 /// crash nothing told us the old connection died, and sending on it would lose everything
 /// until its idle timeout), and if both connections are alive either one works.
-fn adopt(inner: &Arc<Inner>, addr: SocketAddr, conn: &Connection, name: &Arc<str>) {
-    let link = {
+///
+/// Returns the peer's counters, or `None` if too many peers are tracked already.
+fn adopt(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    conn: &Connection,
+    name: &Arc<str>,
+) -> Option<Arc<PeerCounters>> {
+    let (link, incoming, counters) = {
         let mut peers = lock(&inner.peers);
         if !peers.contains_key(&addr) {
             if peers.len() >= inner.cfg.max_peers {
-                return;
+                return None;
             }
             let peer = spawn_peer(inner, addr);
             peers.insert(addr, peer);
         }
-        match peers.get(&addr) {
-            Some(p) => p.link.clone(),
-            None => return,
-        }
+        let p = peers.get(&addr)?;
+        (p.link.clone(), p.incoming.clone(), p.counters.clone())
     };
-    if let Ok(mut l) = link.try_lock() {
-        l.conn = Some((conn.clone(), name.clone()));
-        l.next_dial = None;
-        l.backoff = Duration::ZERO;
+    counters.set_name(name);
+    match link.try_lock() {
+        Ok(mut l) => {
+            l.conn = Some((conn.clone(), name.clone()));
+            l.next_dial = None;
+            l.backoff = Duration::ZERO;
+        }
+        // Busy (a dial in progress, or a sender between two messages): hand it over.
+        Err(_) => incoming.offer(conn, name),
     }
+    Some(counters)
 }
 
-async fn send_stream(conn: &Connection, msg: &[u8]) -> bool {
+/// Bytes before a stream message's body: queued-at time (`u64`), then length (`u32`).
+const STREAM_HEADER: usize = 12;
+
+async fn send_stream(conn: &Connection, queued_at: u64, msg: &[u8]) -> bool {
     let Ok(len) = u32::try_from(msg.len()) else {
         return false;
     };
     let Ok(mut s) = conn.open_uni().await else {
         return false;
     };
-    s.write_all(&len.to_le_bytes()).await.is_ok()
-        && s.write_all(msg).await.is_ok()
-        && s.finish().is_ok()
+    let mut head = [0u8; STREAM_HEADER];
+    head[..8].copy_from_slice(&queued_at.to_le_bytes());
+    head[8..].copy_from_slice(&len.to_le_bytes());
+    s.write_all(&head).await.is_ok() && s.write_all(msg).await.is_ok() && s.finish().is_ok()
 }
 
-/// Delivers everything `conn` carries to the inbound channel until it closes.
-async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<str>) {
+/// Delivers everything `conn` carries to the inbound channel until it closes; `counters` are
+/// the peer's, if the transport tracks it.
+async fn serve(
+    inner: Arc<Inner>,
+    conn: Connection,
+    from: SocketAddr,
+    peer: Arc<str>,
+    counters: Option<Arc<PeerCounters>>,
+) {
+    let received = |c: &Option<Arc<PeerCounters>>| {
+        if let Some(c) = c {
+            bump(&c.received);
+        }
+    };
     let datagrams = {
-        let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
+        let (inner, conn, peer, counters) =
+            (inner.clone(), conn.clone(), peer.clone(), counters.clone());
         async move {
             while let Ok(d) = conn.read_datagram().await {
                 let msg = Inbound {
@@ -623,9 +830,13 @@ async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<
                     peer: peer.clone(),
                     channel: Channel::Datagram,
                     bytes: d.to_vec(),
+                    sent_unix_us: None,
                 };
                 match inner.inbound.try_send(msg) {
-                    Ok(()) => bump(&inner.counters.received),
+                    Ok(()) => {
+                        bump(&inner.counters.received);
+                        received(&counters);
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         bump(&inner.counters.dropped_inbound)
                     }
@@ -636,10 +847,10 @@ async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<
     };
     let streams = async {
         while let Ok(mut recv) = conn.accept_uni().await {
-            let (inner, peer) = (inner.clone(), peer.clone());
+            let (inner, peer, counters) = (inner.clone(), peer.clone(), counters.clone());
             // One task per stream; the peer can have at most `max_streams` open at once.
             tokio::spawn(async move {
-                let Some((bytes, permit)) = read_message(&inner, &mut recv).await else {
+                let Some((sent, bytes, permit)) = read_message(&inner, &mut recv).await else {
                     return;
                 };
                 let msg = Inbound {
@@ -647,9 +858,11 @@ async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<
                     peer,
                     channel: Channel::Stream,
                     bytes,
+                    sent_unix_us: Some(sent),
                 };
                 if inner.inbound.send(msg).await.is_ok() {
                     bump(&inner.counters.received);
+                    received(&counters);
                 }
                 drop(permit);
             });
@@ -658,15 +871,17 @@ async fn serve(inner: Arc<Inner>, conn: Connection, from: SocketAddr, peer: Arc<
     tokio::join!(datagrams, streams);
 }
 
-/// Reads one framed message from a stream: the length prefix, then exactly that many bytes,
-/// then the end of the stream. `None` (after counting) for anything else.
+/// Reads one framed message from a stream: the header (queued-at time, length), then exactly
+/// that many bytes, then the end of the stream. `None` (after counting) for anything else.
 async fn read_message(
     inner: &Inner,
     recv: &mut quinn::RecvStream,
-) -> Option<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.ok()?;
-    let len = u32::from_le_bytes(len) as usize;
+) -> Option<(u64, Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
+    let mut head = [0u8; STREAM_HEADER];
+    recv.read_exact(&mut head).await.ok()?;
+    let (sent, len) = head.split_at(8);
+    let sent = u64::from_le_bytes(sent.try_into().ok()?);
+    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
     if len > inner.cfg.max_message {
         bump(&inner.counters.dropped_too_large);
         let _ = recv.stop(VarInt::from_u32(2));
@@ -683,7 +898,7 @@ async fn read_message(
     recv.read_exact(&mut bytes).await.ok()?;
     // Trailing bytes mean a framing error: refuse rather than guess.
     match recv.read_to_end(0).await {
-        Ok(rest) if rest.is_empty() => Some((bytes, permit)),
+        Ok(rest) if rest.is_empty() => Some((sent, bytes, permit)),
         _ => {
             bump(&inner.counters.dropped_too_large);
             None

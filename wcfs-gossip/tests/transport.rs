@@ -307,3 +307,40 @@ async fn a_message_meant_for_another_node_is_not_handed_to_this_one() {
     assert_eq!((m.bytes.as_slice(), &*m.peer), (&b"ok"[..], "node-a"));
     assert_eq!(a.stats().dropped_wrong_peer, 5);
 }
+
+/// A node that starts before its seed dials a port nobody listens on yet; the seed, once up,
+/// dials back. The connection the seed opened must carry the first node's traffic at once,
+/// not after the pending dial's Initial packet is retransmitted (about 1 s later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_to_a_peer_not_yet_listening_gives_way_to_its_incoming_connection() {
+    let c = cluster();
+    let mut acfg = cfg();
+    acfg.dial_timeout = TransportConfig::new(acfg.listen).dial_timeout;
+    let (a, mut arx) = bind(acfg, &node_tls(&c.certs, &c.ca, "node-a"));
+    let baddr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    a.send(baddr, Channel::Stream, b"early".to_vec()).unwrap();
+    until("A to start dialing B", || a.stats().dials >= 1).await;
+
+    let mut bcfg = cfg();
+    bcfg.listen = baddr;
+    let (b, mut brx) = bind(bcfg, &node_tls(&c.certs, &c.ca, "node-b"));
+    b.send(a.local_addr(), Channel::Stream, b"hello".to_vec())
+        .unwrap();
+    assert_eq!(recv(&mut arx).await.bytes, b"hello");
+    let t0 = Instant::now();
+    a.send(baddr, Channel::Stream, b"reply".to_vec()).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(recv(&mut brx).await.bytes);
+    }
+    let waited = t0.elapsed();
+    got.sort();
+    assert_eq!(got, [b"early".to_vec(), b"reply".to_vec()]);
+    assert!(
+        waited < Duration::from_millis(300),
+        "A's messages waited {waited:?} for its own dial"
+    );
+}
