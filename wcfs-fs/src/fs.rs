@@ -1617,14 +1617,16 @@ impl Filesystem for UnionFs {
                     // A node still named so held a file gone behind the mount's back.
                     s.inodes.detach(parent.0, name.as_bytes());
                 }
-                if e == Errno::ENOENT && !s.cfg.negative_ttl.is_zero() {
+                // In strict mode a miss can end without a table change (another writer of
+                // the RW branch), so it is remembered no longer than RW attributes are.
+                let neg = if s.cfg.strict {
+                    s.cfg.negative_ttl.min(s.cfg.rw_ttl)
+                } else {
+                    s.cfg.negative_ttl
+                };
+                if e == Errno::ENOENT && !neg.is_zero() {
                     // A zero node id is a negative entry the kernel caches for the entry TTL.
-                    reply.entry_with_ttls(
-                        &Duration::ZERO,
-                        &s.cfg.negative_ttl,
-                        &negative_attr(),
-                        Generation(0),
-                    );
+                    reply.entry_with_ttls(&Duration::ZERO, &neg, &negative_attr(), Generation(0));
                 } else {
                     reply.error(e);
                 }

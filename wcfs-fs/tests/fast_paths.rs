@@ -162,15 +162,24 @@ fn strict_mode_finds_rw_files_the_table_does_not_know() {
         populate,
     );
     let loose = Fx::with_config(fs_config(), populate);
+    // A miss before the other writer's creation is not remembered past the RW TTL.
+    assert!(std::fs::metadata(strict.m("site/late.php")).is_err());
     for fx in [&strict, &loose] {
         // Written behind the mounts' backs, as another writer of the shared branch would.
         std::fs::create_dir_all(fx.rw.join("site/up")).unwrap();
         std::fs::write(fx.rw.join("site/up/a.jpg"), b"jpg").unwrap();
         std::fs::write(fx.rw.join("site/new.php"), b"n").unwrap();
     }
+    std::fs::write(strict.rw.join("site/late.php"), b"l").unwrap();
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        std::fs::read(strict.m("site/late.php")).is_ok_and(|d| d == b"l")
+    }));
     assert_eq!(std::fs::read(strict.m("site/new.php")).unwrap(), b"n");
     assert_eq!(std::fs::read(strict.m("site/up/a.jpg")).unwrap(), b"jpg");
-    assert_eq!(names(&strict.m("site")), ["index.php", "new.php", "up"]);
+    assert_eq!(
+        names(&strict.m("site")),
+        ["index.php", "late.php", "new.php", "up"]
+    );
     assert_eq!(names(&strict.m("site/up")), ["a.jpg"]);
     // RO hits still cost the RW branch nothing.
     let st = strict.stats();
