@@ -18,8 +18,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -75,8 +75,8 @@ pub struct FsConfig {
     ///
     /// The kernel allows one backing file per inode at a time, so while such a file is open
     /// the inode cannot be opened on its RW copy: an open for writing (or any open after a
-    /// copy-up made by a `chmod`/`truncate`/... in the meantime) fails with `ETXTBSY` until
-    /// the passthrough opens are closed. The open fds keep reading the RO content, as
+    /// copy-up made by a `chmod`/`truncate`/... in the meantime) fails with `ETXTBSY` if
+    /// the passthrough opens are not closed within half a second. The open fds keep reading the RO content, as
     /// overlayfs's fds opened before a copy-up do.
     pub ro_passthrough_min: u64,
     /// Strict mode: a lookup of a path the table does not know also checks the RW branch
@@ -169,6 +169,12 @@ enum RoOpen {
     Passthrough(Arc<BackingId>),
 }
 
+/// How long an open waits for the passthrough opens that bind its inode to the other branch's
+/// file to be released. A `close` returns before the daemon has seen its `RELEASE`, so a
+/// reader's close followed at once by a writer's open must not fail for that lag; an open
+/// still held after this is a real conflict (ETXTBSY).
+const UNBIND_WAIT: Duration = Duration::from_millis(500);
+
 /// Most RO paths whose open mode (and passthrough registration) is remembered; beyond it the
 /// memory is emptied (the next opens decide again).
 const RO_OPENS_MAX: usize = 4096;
@@ -206,6 +212,8 @@ pub(crate) struct Shared {
     /// Listings for `readdir` without an `opendir` handle, by directory node.
     dir_cache: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     open_state: Mutex<HashMap<u64, OpenState>>,
+    /// Signalled when an inode's last passthrough open is released.
+    unbound: Condvar,
     ro_opens: Mutex<HashMap<WPath, RoOpen>>,
     copy_up_lock: Mutex<()>,
     tmp_counter: AtomicU64,
@@ -390,6 +398,7 @@ impl Shared {
             no_opendir: AtomicBool::new(false),
             dir_cache: Mutex::default(),
             open_state: Mutex::default(),
+            unbound: Condvar::new(),
             ro_opens: Mutex::default(),
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
@@ -1115,14 +1124,29 @@ impl Shared {
         cell.get().ok_or(Errno::EIO)
     }
 
-    /// Whether `ino` is open by passthrough to its RO file (so it cannot be opened on an RW
-    /// copy: the kernel binds an inode to one backing file at a time).
-    fn ro_passthrough_live(&self, ino: u64) -> bool {
-        self.open_state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .is_some_and(|s| s.passthrough > 0 && s.ro)
+    /// The open states, once `ino` is not bound by passthrough to the other branch's file
+    /// than `ro` says (the kernel binds an inode to one backing file at a time); `None` if it
+    /// still is after [`UNBIND_WAIT`].
+    fn unbound_state(&self, ino: u64, ro: bool) -> Option<MutexGuard<'_, HashMap<u64, OpenState>>> {
+        let deadline = Instant::now() + UNBIND_WAIT;
+        let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let bound = st
+                .get(&ino)
+                .is_some_and(|s| s.passthrough > 0 && s.ro != ro);
+            if !bound {
+                return Some(st);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .unbound
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Answers a read-only open of an RO file: by passthrough for large files (when the kernel
@@ -1141,12 +1165,10 @@ impl Shared {
         let (mode, fd) = match known {
             Some(m) => (m, None),
             None => {
-                let opened = self
-                    .ro
-                    .open_at(Some(&path), libc::O_RDONLY, 0)
-                    .and_then(|fd| Ok((self.ro.fstat(fd.as_raw_fd())?, fd)));
-                let (st, fd) = match opened {
-                    Ok(v) => v,
+                // Stat first: only large regular files are opened here (a small one is opened
+                // on its first read that misses the page cache, or never).
+                let st = match self.ro.lstat(Some(&path)) {
+                    Ok(st) => st,
                     Err(e) => {
                         reply.error(errno(e));
                         return;
@@ -1154,8 +1176,17 @@ impl Shared {
                 };
                 let big = st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && st.st_size as u64 >= self.cfg.ro_passthrough_min;
+                let mut fd = None;
                 let m = if big {
-                    match reply.open_backing(&fd) {
+                    let registered =
+                        self.ro
+                            .open_at(Some(&path), libc::O_RDONLY, 0)
+                            .and_then(|f| {
+                                let b = reply.open_backing(&f)?;
+                                fd = Some(f);
+                                Ok(b)
+                            });
+                    match registered {
                         Ok(b) => RoOpen::Passthrough(Arc::new(b)),
                         Err(e) => {
                             tracing::debug!(error = %e, "RO passthrough refused; cached reads");
@@ -1170,7 +1201,7 @@ impl Shared {
                     c.clear();
                 }
                 c.insert(path.clone(), m.clone());
-                (m, Some(fd))
+                (m, fd)
             }
         };
         let RoOpen::Passthrough(b) = mode else {
@@ -1178,13 +1209,12 @@ impl Shared {
             return;
         };
         {
-            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
-            let s = st.entry(ino).or_default();
-            if s.passthrough > 0 && !s.ro {
+            let Some(mut st) = self.unbound_state(ino, true) else {
                 // Bound to an RW file (the path went back to RO under an open file).
                 reply.error(Errno::ETXTBSY);
                 return;
-            }
+            };
+            let s = st.entry(ino).or_default();
             if s.cached > 0 {
                 // Opens served from the page cache are live; the kernel cannot mix the two.
                 drop(st);
@@ -1298,14 +1328,12 @@ impl Shared {
     fn do_open(&self, ino: u64, fd: OwnedFd, side: Side, reply: OpenReply<'_>) {
         let mut backing = None;
         if side == Side::Rw && self.passthrough_active() {
-            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
-            let s = st.entry(ino).or_default();
-            if s.passthrough > 0 && s.ro {
+            let Some(mut st) = self.unbound_state(ino, false) else {
                 // Bound to the RO file until its passthrough opens close (FsConfig docs).
-                drop(st);
                 reply.error(Errno::ETXTBSY);
                 return;
-            }
+            };
+            let s = st.entry(ino).or_default();
             if s.cached == 0 {
                 backing = match s.backing.upgrade().filter(|_| s.passthrough > 0) {
                     Some(b) => Some(b),
@@ -1363,6 +1391,9 @@ impl Shared {
             if pt {
                 debug_assert!(s.passthrough > 0);
                 s.passthrough = s.passthrough.saturating_sub(1);
+                if s.passthrough == 0 {
+                    self.unbound.notify_all();
+                }
             } else {
                 debug_assert!(s.cached > 0);
                 s.cached = s.cached.saturating_sub(1);
@@ -2141,7 +2172,7 @@ impl Filesystem for UnionFs {
                 reply.error(Errno::EISDIR);
                 return;
             };
-            if s.ro_passthrough_live(ino.0) {
+            if s.unbound_state(ino.0, false).is_none() {
                 // See FsConfig::ro_passthrough_min.
                 reply.error(Errno::ETXTBSY);
                 return;
