@@ -8,11 +8,12 @@
 //! `AT_SYMLINK_NOFOLLOW`, so a symlink planted on the RW branch can never make the daemon read
 //! or write outside its branches.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wcfs_core::path::WPath;
 
@@ -40,11 +41,52 @@ struct OpenHow {
 pub(crate) struct Branch {
     root: OwnedFd,
     stats: Option<Arc<RwStats>>,
+    /// Directory fds by path, for a branch that never changes under the mount (the RO one).
+    dirs: Option<Mutex<DirFds>>,
 }
 
 enum Dir {
     Root,
     Owned(OwnedFd),
+    Cached(Arc<OwnedFd>),
+}
+
+/// A bounded cache of `O_PATH` directory fds, each opened beneath the root without following
+/// any symlink, so a later `*at` call relative to one stays as confined as a full `openat2`.
+/// Only sound for a branch whose directories are never renamed or replaced while mounted:
+/// a cached fd follows its directory wherever it moves.
+struct DirFds {
+    max: usize,
+    tick: u64,
+    map: HashMap<Vec<u8>, (Arc<OwnedFd>, u64)>,
+}
+
+impl DirFds {
+    fn get(&mut self, path: &[u8]) -> Option<Arc<OwnedFd>> {
+        self.tick += 1;
+        let t = self.tick;
+        self.map.get_mut(path).map(|(fd, used)| {
+            *used = t;
+            fd.clone()
+        })
+    }
+
+    fn insert(&mut self, path: &[u8], fd: Arc<OwnedFd>) {
+        if self.map.len() >= self.max && !self.map.contains_key(path) {
+            // Least recently used out; a scan, but only when full and on a miss.
+            if let Some(old) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            {
+                self.map.remove(&old);
+            }
+        }
+        self.tick += 1;
+        self.map.insert(path.to_vec(), (fd, self.tick));
+        debug_assert!(self.map.len() <= self.max);
+    }
 }
 
 fn cstr(b: &[u8]) -> io::Result<CString> {
@@ -78,7 +120,31 @@ impl Branch {
         })?;
         // SAFETY: `fd` was just returned by open and is owned by nobody else.
         let root = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Branch { root, stats })
+        Ok(Branch {
+            root,
+            stats,
+            dirs: None,
+        })
+    }
+
+    /// Keeps up to `max` directory fds open (0: none), so a path is resolved from its cached
+    /// parent with one `*at` call. Only for a branch that does not change while mounted.
+    pub(crate) fn cache_dirs(&mut self, max: usize) {
+        self.dirs = (max > 0).then(|| {
+            Mutex::new(DirFds {
+                max,
+                tick: 0,
+                map: HashMap::new(),
+            })
+        });
+    }
+
+    /// How many directory fds are cached (tests).
+    #[cfg(test)]
+    fn cached_dirs(&self) -> usize {
+        self.dirs
+            .as_ref()
+            .map_or(0, |d| d.lock().unwrap_or_else(|e| e.into_inner()).map.len())
     }
 
     fn sys(&self) {
@@ -91,12 +157,18 @@ impl Branch {
         match d {
             Dir::Root => self.root.as_raw_fd(),
             Dir::Owned(fd) => fd.as_raw_fd(),
+            Dir::Cached(fd) => fd.as_raw_fd(),
         }
     }
 
     /// `openat2` beneath the root, refusing every symlink on the way (and the last component
     /// too unless `O_PATH|O_NOFOLLOW` asks for the link itself).
     fn openat2(&self, rel: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        self.openat2_in(self.root.as_raw_fd(), rel, flags, mode)
+    }
+
+    /// `openat2` of `rel` beneath `dirfd` (the root or a directory opened beneath it).
+    fn openat2_in(&self, dirfd: RawFd, rel: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
         let c = cstr(if rel.is_empty() { b"." } else { rel })?;
         let how = OpenHow {
             flags: (flags | libc::O_CLOEXEC) as u64,
@@ -114,7 +186,7 @@ impl Branch {
         let r = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                self.root.as_raw_fd(),
+                dirfd,
                 c.as_ptr(),
                 &how as *const OpenHow,
                 std::mem::size_of::<OpenHow>(),
@@ -130,6 +202,24 @@ impl Branch {
     fn dir_of(&self, parent: Option<&WPath>) -> io::Result<Dir> {
         match parent {
             None => Ok(Dir::Root),
+            Some(p) if self.dirs.is_some() => {
+                let lock = || {
+                    self.dirs
+                        .as_ref()
+                        .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+                };
+                if let Some(fd) = lock().and_then(|mut d| d.get(p.as_bytes())) {
+                    return Ok(Dir::Cached(fd));
+                }
+                // Resolved in full, as without the cache: the cache only ever holds fds that
+                // a symlink-refusing openat2 beneath the root returned.
+                let fd =
+                    Arc::new(self.openat2(p.as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0)?);
+                if let Some(mut d) = lock() {
+                    d.insert(p.as_bytes(), fd.clone());
+                }
+                Ok(Dir::Cached(fd))
+            }
             Some(p) => Ok(Dir::Owned(self.openat2(
                 p.as_bytes(),
                 libc::O_PATH | libc::O_DIRECTORY,
@@ -152,6 +242,16 @@ impl Branch {
         flags: i32,
         mode: u32,
     ) -> io::Result<OwnedFd> {
+        if self.dirs.is_some()
+            && let Some(p) = path
+        {
+            // One component beneath the cached parent, with the same resolve rules.
+            let (parent, name) = split(p);
+            let d = self.dir_of(parent.as_ref())?;
+            let r = self.openat2_in(self.raw(&d), name, flags | libc::O_NOFOLLOW, mode);
+            self.close(d);
+            return r;
+        }
         let rel = path.map(|p| p.as_bytes()).unwrap_or(b"");
         self.openat2(rel, flags | libc::O_NOFOLLOW, mode)
     }
@@ -410,5 +510,70 @@ impl Branch {
         };
         self.close_fd(fd);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wp(s: &str) -> WPath {
+        WPath::new(s.as_bytes()).unwrap()
+    }
+
+    /// A branch with `d/e/f` (a file), `d/up` -> `..` (escapes nothing but is a symlink) and
+    /// `d/out` -> a directory outside the branch holding `secret`.
+    fn fixture() -> (tempfile::TempDir, Branch) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("b");
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::write(root.join("d/e/f"), b"f").unwrap();
+        std::fs::create_dir_all(t.path().join("outside")).unwrap();
+        std::fs::write(t.path().join("outside/secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), root.join("d/out")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("d/up")).unwrap();
+        let mut b = Branch::open(&root, None).unwrap();
+        b.cache_dirs(2);
+        (t, b)
+    }
+
+    #[test]
+    fn cached_parents_serve_lookups_and_opens() {
+        let (_t, b) = fixture();
+        assert!(b.lstat(Some(&wp("d/e/f"))).is_ok());
+        assert_eq!(b.cached_dirs(), 1);
+        let fd = b.open_at(Some(&wp("d/e/f")), libc::O_RDONLY, 0).unwrap();
+        let mut s = String::new();
+        use std::io::Read;
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "f");
+        assert_eq!(b.cached_dirs(), 1);
+        // The bound holds: least recently used parents are dropped.
+        assert!(b.lstat(Some(&wp("d/e"))).is_ok());
+        assert!(b.lstat(Some(&wp("d/e/f"))).is_ok());
+        assert_eq!(b.cached_dirs(), 2);
+        assert!(b.lstat(Some(&wp("d/out/secret"))).is_err());
+        assert!(b.cached_dirs() <= 2);
+        assert!(b.lstat(Some(&wp("d/e/f"))).is_ok());
+    }
+
+    #[test]
+    fn the_dir_cache_never_resolves_through_a_symlink() {
+        let (_t, b) = fixture();
+        for p in ["d/out/secret", "d/up/d/e/f"] {
+            let e = b.lstat(Some(&wp(p))).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{p}");
+            let e = b.open_at(Some(&wp(p)), libc::O_RDONLY, 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{p}");
+            assert!(b.list(Some(&wp(p))).is_err());
+        }
+        // Asked again (the parent lookup failed, so nothing was cached for it).
+        assert_eq!(b.cached_dirs(), 0);
+        assert!(b.lstat(Some(&wp("d/out/secret"))).is_err());
+        // The links themselves are seen, not followed.
+        let st = b.lstat(Some(&wp("d/out"))).unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert!(b.open_at(Some(&wp("d/out")), libc::O_RDONLY, 0).is_err());
+        assert_eq!(b.readlink(&wp("d/up")).unwrap(), b"..");
     }
 }

@@ -18,8 +18,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -65,6 +65,24 @@ pub struct FsConfig {
     /// trips entirely where the kernel supports `FUSE_NO_OPENDIR_SUPPORT`. Table changes drop
     /// the cached listing of the parent directory.
     pub cache_dirs: bool,
+    /// Directory fds of the RO branch kept open (least recently used dropped beyond it), so
+    /// a lookup is one `fstatat` relative to its cached parent instead of a path walk from the
+    /// branch root. 0: none. Sound because the RO branch never changes under a mount.
+    pub ro_dir_fds: usize,
+    /// Read-only opens of RO regular files at least this large are served by FUSE passthrough
+    /// (reads go from the kernel straight to the RO file) when the kernel has it; smaller ones
+    /// through the daemon and the kernel's kept page cache. `u64::MAX`: never.
+    ///
+    /// The kernel allows one backing file per inode at a time, so while such a file is open
+    /// the inode cannot be opened on its RW copy: an open for writing (or any open after a
+    /// copy-up made by a `chmod`/`truncate`/... in the meantime) fails with `ETXTBSY` if
+    /// the passthrough opens are not closed within half a second. The open fds keep reading the RO content, as
+    /// overlayfs's fds opened before a copy-up do.
+    pub ro_passthrough_min: u64,
+    /// Strict mode: a lookup of a path the table does not know also checks the RW branch
+    /// (costs one RW metadata request per miss), for RW branches written by something other
+    /// than WCFS, or for applications that cannot wait for a remote mark to arrive.
+    pub strict: bool,
 }
 
 impl Default for FsConfig {
@@ -77,6 +95,9 @@ impl Default for FsConfig {
             passthrough: true,
             readdirplus: true,
             cache_dirs: true,
+            ro_dir_fds: 1024,
+            ro_passthrough_min: 1 << 20,
+            strict: false,
         }
     }
 }
@@ -133,8 +154,30 @@ enum Handle {
         ino: u64,
         path: WPath,
         file: OnceLock<File>,
+        /// Set when the open is served by passthrough (reads never reach the daemon).
+        backing: Option<Arc<BackingId>>,
     },
 }
+
+/// How read-only opens of an RO path are served, remembered per path (RO files never change
+/// under a mount, so the first open decides for all).
+#[derive(Clone)]
+enum RoOpen {
+    /// Through the daemon and the kernel's kept page cache.
+    Cached,
+    /// By passthrough to this registered RO file.
+    Passthrough(Arc<BackingId>),
+}
+
+/// How long an open waits for the passthrough opens that bind its inode to the other branch's
+/// file to be released. A `close` returns before the daemon has seen its `RELEASE`, so a
+/// reader's close followed at once by a writer's open must not fail for that lag; an open
+/// still held after this is a real conflict (ETXTBSY).
+const UNBIND_WAIT: Duration = Duration::from_millis(500);
+
+/// Most RO paths whose open mode (and passthrough registration) is remembered; beyond it the
+/// memory is emptied (the next opens decide again).
+const RO_OPENS_MAX: usize = 4096;
 
 /// Most directory listings the daemon keeps for offset-continued `readdir` calls without an
 /// `opendir` handle; beyond it the cache is emptied (listings are rebuilt at offset 0 anyway).
@@ -145,6 +188,10 @@ const DIR_CACHE_MAX: usize = 4096;
 struct OpenState {
     /// The backing registered for this inode (one per inode while any passthrough open lives).
     backing: Weak<BackingId>,
+    /// Live passthrough opens: while any lives, the kernel inode is bound to `backing`.
+    passthrough: u32,
+    /// `backing` is the RO file's: an open of the RW copy cannot share it.
+    ro: bool,
     /// Opens served through the daemon/page cache; passthrough cannot mix with them.
     cached: u32,
 }
@@ -165,6 +212,9 @@ pub(crate) struct Shared {
     /// Listings for `readdir` without an `opendir` handle, by directory node.
     dir_cache: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     open_state: Mutex<HashMap<u64, OpenState>>,
+    /// Signalled when an inode's last passthrough open is released.
+    unbound: Condvar,
+    ro_opens: Mutex<HashMap<WPath, RoOpen>>,
     copy_up_lock: Mutex<()>,
     tmp_counter: AtomicU64,
     /// POSIX locks and flocks of RW files, held on the backing files.
@@ -320,7 +370,7 @@ fn last_err() -> io::Error {
 
 impl Shared {
     pub(crate) fn new(
-        ro: Branch,
+        mut ro: Branch,
         rw: Branch,
         table: Arc<dyn TableHandle>,
         stats: Arc<RwStats>,
@@ -334,6 +384,7 @@ impl Shared {
             }
         };
         let inodes = Inodes::new(dev(&ro), dev(&rw));
+        ro.cache_dirs(cfg.ro_dir_fds);
         Shared {
             ro,
             rw,
@@ -347,6 +398,8 @@ impl Shared {
             no_opendir: AtomicBool::new(false),
             dir_cache: Mutex::default(),
             open_state: Mutex::default(),
+            unbound: Condvar::new(),
+            ro_opens: Mutex::default(),
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
             locks: Arc::default(),
@@ -406,7 +459,12 @@ impl Shared {
         };
         match self.table.resolve(p) {
             Resolution::Hidden => Err(Errno::ENOENT),
-            Resolution::Ro => on(Side::Ro).map_err(enoent),
+            Resolution::Ro => match on(Side::Ro) {
+                // Strict mode: a name the table does not know may still have been written to
+                // the RW branch (by another writer, or a node whose mark is still on its way).
+                Err(e) if self.cfg.strict && is_enoent(&e) => on(Side::Rw).map_err(enoent),
+                r => r.map_err(enoent),
+            },
             Resolution::Opaque | Resolution::RwOnly => on(Side::Rw).map_err(enoent),
             Resolution::Rw => match on(Side::Rw) {
                 Ok(f) => Ok(f),
@@ -470,6 +528,7 @@ impl Shared {
         let children = self.table.children(dir);
         let use_ro = matches!(res, Resolution::Ro | Resolution::Rw);
         let use_rw = !children.is_empty()
+            || (self.cfg.strict && res == Resolution::Ro)
             || matches!(
                 res,
                 Resolution::Rw | Resolution::Opaque | Resolution::RwOnly
@@ -514,7 +573,8 @@ impl Shared {
             let show = match kinds.get(e.name.as_slice()) {
                 Some(Some(Kind::Rw | Kind::Opaque)) => true,
                 Some(Some(Kind::Whiteout)) => false,
-                _ => opaque_here || ro_names.contains_key(e.name.as_slice()),
+                // Strict mode shows RW names the table does not know (see `locate`).
+                _ => opaque_here || self.cfg.strict || ro_names.contains_key(e.name.as_slice()),
             };
             if show {
                 out.insert(e.name.clone(), (Side::Rw, e.dtype, e.ino));
@@ -1072,18 +1132,138 @@ impl Shared {
         cell.get().ok_or(Errno::EIO)
     }
 
-    /// Answers a read-only open of an RO file without touching the branch.
-    fn open_ro_lazy(&self, ino: u64, path: WPath, reply: ReplyOpen) {
+    /// The open states, once `ino` is not bound by passthrough to the other branch's file
+    /// than `ro` says (the kernel binds an inode to one backing file at a time); `None` if it
+    /// still is after [`UNBIND_WAIT`].
+    fn unbound_state(&self, ino: u64, ro: bool) -> Option<MutexGuard<'_, HashMap<u64, OpenState>>> {
+        let deadline = Instant::now() + UNBIND_WAIT;
+        let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let bound = st
+                .get(&ino)
+                .is_some_and(|s| s.passthrough > 0 && s.ro != ro);
+            if !bound {
+                return Some(st);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .unbound
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Answers a read-only open of an RO file: by passthrough for large files (when the kernel
+    /// has it), else without touching the branch (see `open_ro_lazy`).
+    fn open_ro(&self, ino: u64, path: WPath, reply: ReplyOpen) {
+        if !self.passthrough_active() || self.cfg.ro_passthrough_min == u64::MAX {
+            self.open_ro_lazy(ino, path, None, reply);
+            return;
+        }
+        let known = self
+            .ro_opens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&path)
+            .cloned();
+        let (mode, fd) = match known {
+            Some(m) => (m, None),
+            None => {
+                // Stat first: only large regular files are opened here (a small one is opened
+                // on its first read that misses the page cache, or never).
+                let st = match self.ro.lstat(Some(&path)) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        reply.error(errno(e));
+                        return;
+                    }
+                };
+                let big = st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && st.st_size as u64 >= self.cfg.ro_passthrough_min;
+                let mut fd = None;
+                let m = if big {
+                    let registered =
+                        self.ro
+                            .open_at(Some(&path), libc::O_RDONLY, 0)
+                            .and_then(|f| {
+                                let b = reply.open_backing(&f)?;
+                                fd = Some(f);
+                                Ok(b)
+                            });
+                    match registered {
+                        Ok(b) => RoOpen::Passthrough(Arc::new(b)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "RO passthrough refused; cached reads");
+                            RoOpen::Cached
+                        }
+                    }
+                } else {
+                    RoOpen::Cached
+                };
+                let mut c = self.ro_opens.lock().unwrap_or_else(|e| e.into_inner());
+                if c.len() >= RO_OPENS_MAX {
+                    c.clear();
+                }
+                c.insert(path.clone(), m.clone());
+                (m, fd)
+            }
+        };
+        let RoOpen::Passthrough(b) = mode else {
+            self.open_ro_lazy(ino, path, fd, reply);
+            return;
+        };
+        {
+            let Some(mut st) = self.unbound_state(ino, true) else {
+                // Bound to an RW file (the path went back to RO under an open file).
+                reply.error(Errno::ETXTBSY);
+                return;
+            };
+            let s = st.entry(ino).or_default();
+            if s.cached > 0 {
+                // Opens served from the page cache are live; the kernel cannot mix the two.
+                drop(st);
+                self.open_ro_lazy(ino, path, fd, reply);
+                return;
+            }
+            s.passthrough += 1;
+            s.ro = true;
+            s.backing = Arc::downgrade(&b);
+        }
+        let cell = OnceLock::new();
+        if let Some(fd) = fd {
+            let _ = cell.set(File::from(fd));
+        }
+        let fh = self.add_handle(Handle::RoLazy {
+            ino,
+            path,
+            file: cell,
+            backing: Some(b.clone()),
+        });
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b);
+    }
+
+    /// Answers a read-only open of an RO file without touching the branch (or with `fd`, the
+    /// file already opened).
+    fn open_ro_lazy(&self, ino: u64, path: WPath, fd: Option<OwnedFd>, reply: ReplyOpen) {
         self.open_state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(ino)
             .or_default()
             .cached += 1;
+        let cell = OnceLock::new();
+        if let Some(fd) = fd {
+            let _ = cell.set(File::from(fd));
+        }
         let fh = self.add_handle(Handle::RoLazy {
             ino,
             path,
-            file: OnceLock::new(),
+            file: cell,
+            backing: None,
         });
         // No FLUSH on close: nothing is buffered, and RO files hold no locks (see lock.rs).
         reply.opened(
@@ -1156,15 +1336,20 @@ impl Shared {
     fn do_open(&self, ino: u64, fd: OwnedFd, side: Side, reply: OpenReply<'_>) {
         let mut backing = None;
         if side == Side::Rw && self.passthrough_active() {
-            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(mut st) = self.unbound_state(ino, false) else {
+                // Bound to the RO file until its passthrough opens close (FsConfig docs).
+                reply.error(Errno::ETXTBSY);
+                return;
+            };
             let s = st.entry(ino).or_default();
             if s.cached == 0 {
-                backing = match s.backing.upgrade() {
+                backing = match s.backing.upgrade().filter(|_| s.passthrough > 0) {
                     Some(b) => Some(b),
                     None => match reply.open_backing(&fd) {
                         Ok(b) => {
                             let b = Arc::new(b);
                             s.backing = Arc::downgrade(&b);
+                            s.ro = false;
                             Some(b)
                         }
                         Err(e) => {
@@ -1176,6 +1361,8 @@ impl Shared {
             }
             if backing.is_none() {
                 s.cached += 1;
+            } else {
+                s.passthrough += 1;
             }
         } else {
             let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1202,29 +1389,25 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        if let Some(h) = &h
-            && let Handle::RoLazy { ino, .. } = &**h
-        {
-            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = st.get_mut(ino) {
+        let (ino, pt) = match h.as_deref() {
+            Some(Handle::RoLazy { ino, backing, .. }) => (*ino, backing.is_some()),
+            Some(Handle::File { ino, _backing, .. }) => (*ino, _backing.is_some()),
+            _ => return,
+        };
+        let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = st.get_mut(&ino) {
+            if pt {
+                debug_assert!(s.passthrough > 0);
+                s.passthrough = s.passthrough.saturating_sub(1);
+                if s.passthrough == 0 {
+                    self.unbound.notify_all();
+                }
+            } else {
+                debug_assert!(s.cached > 0);
                 s.cached = s.cached.saturating_sub(1);
-                if s.cached == 0 && s.backing.strong_count() == 0 {
-                    st.remove(ino);
-                }
             }
-            return;
-        }
-        if let Some(h) = h
-            && let Handle::File { ino, _backing, .. } = &*h
-        {
-            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = st.get_mut(ino) {
-                if _backing.is_none() {
-                    s.cached = s.cached.saturating_sub(1);
-                }
-                if s.cached == 0 && s.backing.strong_count() <= 1 {
-                    st.remove(ino);
-                }
+            if s.cached == 0 && s.passthrough == 0 {
+                st.remove(&ino);
             }
         }
     }
@@ -1241,6 +1424,12 @@ impl OpenReply<'_> {
         match self {
             OpenReply::Open(r) => r.open_backing(fd),
             OpenReply::Create(r, ..) => r.open_backing(fd),
+        }
+    }
+    fn error(self, e: Errno) {
+        match self {
+            OpenReply::Open(r) => r.error(e),
+            OpenReply::Create(r, ..) => r.error(e),
         }
     }
     fn send(self, fh: FileHandle, flags: FopenFlags, backing: Option<&BackingId>) {
@@ -1448,6 +1637,7 @@ impl Filesystem for UnionFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _g = enter(OpKind::Lookup);
         let s = &self.0;
+        s.stats.served(OpKind::Lookup);
         if name.as_bytes().starts_with(WH_PREFIX) {
             reply.error(Errno::ENOENT);
             return;
@@ -1466,14 +1656,16 @@ impl Filesystem for UnionFs {
                     // A node still named so held a file gone behind the mount's back.
                     s.inodes.detach(parent.0, name.as_bytes());
                 }
-                if e == Errno::ENOENT && !s.cfg.negative_ttl.is_zero() {
+                // In strict mode a miss can end without a table change (another writer of
+                // the RW branch), so it is remembered no longer than RW attributes are.
+                let neg = if s.cfg.strict {
+                    s.cfg.negative_ttl.min(s.cfg.rw_ttl)
+                } else {
+                    s.cfg.negative_ttl
+                };
+                if e == Errno::ENOENT && !neg.is_zero() {
                     // A zero node id is a negative entry the kernel caches for the entry TTL.
-                    reply.entry_with_ttls(
-                        &Duration::ZERO,
-                        &s.cfg.negative_ttl,
-                        &negative_attr(),
-                        Generation(0),
-                    );
+                    reply.entry_with_ttls(&Duration::ZERO, &neg, &negative_attr(), Generation(0));
                 } else {
                     reply.error(e);
                 }
@@ -1491,6 +1683,7 @@ impl Filesystem for UnionFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _g = enter(OpKind::Getattr);
         let s = &self.0;
+        s.stats.served(OpKind::Getattr);
         if let Some(fh) = fh
             && let Ok(h) = s.handle(fh)
         {
@@ -1974,16 +2167,18 @@ impl Filesystem for UnionFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _g = enter(OpKind::Open);
         let s = &self.0;
+        s.stats.served(OpKind::Open);
         let flags = flags.0;
         let path = tri!(reply, s.path_of(ino));
         if flags & libc::O_ACCMODE == libc::O_RDONLY
             && flags & libc::O_TRUNC == 0
             && let Some(p) = &path
             && s.table.resolve(p) == Resolution::Ro
+            && (!s.cfg.strict || crate::inode::is_ro_number(ino.0))
         {
             // The kernel only opens what it looked up, and never a directory here; an RO path
             // cannot have changed since (the RO branch is immutable under the mount).
-            s.open_ro_lazy(ino.0, p.clone(), reply);
+            s.open_ro(ino.0, p.clone(), reply);
             return;
         }
         let f = tri!(reply, s.locate(path.as_ref()));
@@ -1999,6 +2194,11 @@ impl Filesystem for UnionFs {
                 reply.error(Errno::EISDIR);
                 return;
             };
+            if s.unbound_state(ino.0, false).is_none() {
+                // See FsConfig::ro_passthrough_min.
+                reply.error(Errno::ETXTBSY);
+                return;
+            }
             tri!(reply, s.copy_up(p));
             side = Side::Rw;
         }
@@ -2033,6 +2233,7 @@ impl Filesystem for UnionFs {
     ) {
         let _g = enter(OpKind::Read);
         let s = &self.0;
+        s.stats.served(OpKind::Read);
         let h = tri!(reply, s.handle(fh));
         let (file, side) = match &*h {
             Handle::File { file, side, .. } => (file, *side),
@@ -2275,6 +2476,7 @@ impl Filesystem for UnionFs {
         mut reply: ReplyDirectory,
     ) {
         let _g = enter(OpKind::Readdir);
+        self.0.stats.served(OpKind::Readdir);
         let entries = tri!(reply, self.0.listing(ino, fh, offset));
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -2299,6 +2501,7 @@ impl Filesystem for UnionFs {
     ) {
         let _g = enter(OpKind::Readdir);
         let s = &self.0;
+        s.stats.served(OpKind::Readdir);
         let entries = tri!(reply, s.listing(ino, fh, offset));
         let dir = tri!(reply, s.path_of(ino));
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {

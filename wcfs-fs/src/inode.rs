@@ -91,6 +91,11 @@ pub(crate) struct Inodes {
     spill: Mutex<Spill>,
 }
 
+/// Whether `number` was derived from an RO-branch file (tagged [`RO_TAG`]).
+pub(crate) fn is_ro_number(number: u64) -> bool {
+    tag(number) == RO_TAG
+}
+
 /// The tag of `number` (`0` for [`ROOT`]).
 fn tag(number: u64) -> u64 {
     number & TAG_MASK

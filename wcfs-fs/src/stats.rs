@@ -106,10 +106,12 @@ impl Drop for OpGuard {
     }
 }
 
-/// Syscalls made on the RW branch, per operation kind. Cheap relaxed atomics.
+/// Syscalls made on the RW branch, per operation kind, and FUSE requests the daemon served
+/// (`open`, `read`, `lookup`, `getattr`, `readdir*`). Cheap relaxed atomics.
 #[derive(Debug, Default)]
 pub struct RwStats {
     counts: [AtomicU64; KINDS],
+    requests: [AtomicU64; KINDS],
 }
 
 impl RwStats {
@@ -117,6 +119,17 @@ impl RwStats {
     pub(crate) fn count(&self) {
         let op = CURRENT.with(|c| c.get());
         self.counts[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one FUSE request of kind `op` that reached the daemon.
+    pub(crate) fn served(&self, op: OpKind) {
+        self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// FUSE requests of kind `op` that reached the daemon since the mount (or the last
+    /// [`RwStats::reset`]); counted for `open`, `read`, `lookup`, `getattr` and `readdir*`.
+    pub fn requests(&self, op: OpKind) -> u64 {
+        self.requests[op as usize].load(Ordering::Relaxed)
     }
 
     /// RW syscalls charged to `op` since the mount (or the last [`RwStats::reset`]).
@@ -131,7 +144,7 @@ impl RwStats {
 
     /// Zeroes every counter.
     pub fn reset(&self) {
-        for c in &self.counts {
+        for c in self.counts.iter().chain(&self.requests) {
             c.store(0, Ordering::Relaxed);
         }
     }

@@ -53,12 +53,34 @@ impl Fx {
         Fx::mount_on(tmp, ro, rw, handle(1), "mnt")
     }
 
+    /// Like [`Fx::new`], with union tunables `fs`.
+    pub fn with_config(fs: FsConfig, populate: impl FnOnce(&Path)) -> Fx {
+        let tmp = tempfile::tempdir().unwrap();
+        let ro = tmp.path().join("ro");
+        let rw = tmp.path().join("rw");
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::create_dir_all(&rw).unwrap();
+        populate(&ro);
+        Fx::mount_cfg(tmp, ro, rw, handle(1), "mnt", fs)
+    }
+
     pub fn mount_on(
         tmp: tempfile::TempDir,
         ro: PathBuf,
         rw: PathBuf,
         h: Arc<LocalHandle>,
         name: &str,
+    ) -> Fx {
+        Fx::mount_cfg(tmp, ro, rw, h, name, fs_config())
+    }
+
+    pub fn mount_cfg(
+        tmp: tempfile::TempDir,
+        ro: PathBuf,
+        rw: PathBuf,
+        h: Arc<LocalHandle>,
+        name: &str,
+        fs: FsConfig,
     ) -> Fx {
         let mnt = tmp.path().join(name);
         std::fs::create_dir_all(&mnt).unwrap();
@@ -67,7 +89,7 @@ impl Fx {
             rw: rw.clone(),
             mountpoint: mnt.clone(),
             allow_other: false,
-            fs: fs_config(),
+            fs,
         };
         let guard = mount(&cfg, h.clone()).expect("mount");
         let inv = guard.invalidator();
