@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark suite (issue 7): WCFS side by side with the filesystems its users would pick
 # instead, on this machine. One command, as root:
-#   benches/run.sh            # 3 interleaved rounds, about 25 minutes
-#   benches/run.sh --quick    # 1 round, shorter web runs, about 6 minutes
+#   benches/run.sh            # 3 interleaved rounds, about 17 minutes
+#   benches/run.sh --quick    # 1 round, shorter web runs, about 9 minutes
 # Installs what it needs from Debian, builds release binaries, runs
 #   1. fsbench: the filesystem measures and the nginx + php-fpm web workload on every target,
 #   2. propbench: propagation in a 5-node WCFS cluster on loopback,
