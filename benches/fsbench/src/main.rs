@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod charts;
+mod web;
+
 /// What the runner is told.
 struct Opts {
     rounds: usize,
@@ -28,6 +31,14 @@ struct Opts {
     big_mib: u64,
     delay_us: u64,
     only: Option<Vec<String>>,
+    /// Files in the generated scale tree (`zz-scale/` of the RO tree); 0 = none.
+    scale: u64,
+    /// Small files created per round by the create+write+close measure.
+    creates: usize,
+    /// Run the nginx + php-fpm workload (`web.rs`) for this many seconds per target and round.
+    web_secs: Option<u64>,
+    /// Where to write every sample (TSV) and the PNG charts; none = no charts.
+    charts: Option<PathBuf>,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -46,6 +57,10 @@ fn parse() -> anyhow::Result<Opts> {
         big_mib: 1024,
         delay_us: 500,
         only: None,
+        scale: 0,
+        creates: 200,
+        web_secs: None,
+        charts: None,
     };
     let mut it = std::env::args_os().skip(1);
     let val = |it: &mut dyn Iterator<Item = OsString>, f: &str| -> anyhow::Result<OsString> {
@@ -63,6 +78,10 @@ fn parse() -> anyhow::Result<Opts> {
             "--slowfs" => o.slowfs = val(&mut it, &a)?.into(),
             "--big-mib" => o.big_mib = val(&mut it, &a)?.to_string_lossy().parse()?,
             "--delay-us" => o.delay_us = val(&mut it, &a)?.to_string_lossy().parse()?,
+            "--scale" => o.scale = val(&mut it, &a)?.to_string_lossy().parse()?,
+            "--creates" => o.creates = val(&mut it, &a)?.to_string_lossy().parse()?,
+            "--web-secs" => o.web_secs = Some(val(&mut it, &a)?.to_string_lossy().parse()?),
+            "--charts" => o.charts = Some(val(&mut it, &a)?.into()),
             "--only" => {
                 o.only = Some(
                     val(&mut it, &a)?
@@ -75,7 +94,8 @@ fn parse() -> anyhow::Result<Opts> {
             "-h" | "--help" => {
                 println!(
                     "usage: fsbench [--quick] [--rounds N=3] [--work DIR] [--src DIR] [--out FILE] \
-                     [--wcfs BIN] [--slowfs BIN] [--big-mib N=1024] [--delay-us N=500] [--only a,b]"
+                     [--wcfs BIN] [--slowfs BIN] [--big-mib N=1024] [--delay-us N=500] [--only a,b] \
+                     [--scale FILES=0] [--creates N=200] [--web-secs S] [--charts DIR]"
                 );
                 std::process::exit(0);
             }
@@ -329,6 +349,54 @@ struct Tree {
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
     big: PathBuf,
+    /// An evenly spread sample of the generated scale tree's files (empty without `--scale`).
+    scale_sample: Vec<PathBuf>,
+}
+
+/// How many files of the scale tree the scale measures touch: enough for a stable per-op
+/// figure, few enough to finish in seconds.
+const SCALE_SAMPLE: u64 = 1000;
+/// Every how-many-th file of that sample the `/slow` targets stat: a deep path costs
+/// unionfs-fuse ~50 ms per cold stat over the slow branch, 1000 of them per round would
+/// dominate the whole run. The subset is spread the same way, so per-op figures compare.
+const SCALE_SLOW_STRIDE: usize = 5;
+
+/// Top-level entries the runner adds to the RO tree (big file, scale tree, web site) or
+/// creates through the unions; the WordPress measures skip them.
+fn is_ours(rel: &Path) -> bool {
+    rel.components()
+        .next()
+        .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with("zz-"))
+}
+
+/// Generates `n` small files under `ro/zz-scale/` with web-like paths (uploads by date, cache
+/// shards, plugin assets: `wcfs_core::webgen`), once; returns an evenly spread sample.
+fn prepare_scale(ro: &Path, n: u64) -> anyhow::Result<Vec<PathBuf>> {
+    let paths = wcfs_core::webgen::WebPaths::new(0x5ca1e);
+    let base = PathBuf::from("zz-scale");
+    let stamp = ro.join(format!("zz-scale.{n}.done"));
+    if !stamp.exists() {
+        let t = Instant::now();
+        let _ = std::fs::remove_dir_all(ro.join(&base));
+        for i in 0..n {
+            let p = ro.join(&base).join(paths.path(i));
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&p, format!("scale file {i}\n"))?;
+        }
+        std::fs::write(&stamp, b"")?;
+        eprintln!(
+            "generated {n} files under {} in {:.1} s",
+            ro.join(&base).display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let step = (n / SCALE_SAMPLE).max(1);
+    Ok((0..n)
+        .step_by(step as usize)
+        .map(|i| base.join(paths.path(i)))
+        .collect())
 }
 
 fn walk(root: &Path, rel: &Path, t: &mut Tree) -> anyhow::Result<()> {
@@ -342,6 +410,28 @@ fn walk(root: &Path, rel: &Path, t: &mut Tree) -> anyhow::Result<()> {
             walk(root, &r, t)?;
         } else {
             if ft.is_file() && r.extension().is_some_and(|x| x == "php") {
+                t.php.push(r.clone());
+            }
+            t.files.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// `walk` of the WordPress part only: the runner's own `zz-*` entries are not descended.
+fn walk_skipping_ours(ro: &Path, t: &mut Tree) -> anyhow::Result<()> {
+    t.dirs.push(PathBuf::new());
+    let mut ents: Vec<_> = std::fs::read_dir(ro)?.collect::<Result<_, _>>()?;
+    ents.sort_by_key(|e| e.file_name());
+    for e in ents {
+        let r = PathBuf::from(e.file_name());
+        if is_ours(&r) {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            walk(ro, &r, t)?;
+        } else {
+            if r.extension().is_some_and(|x| x == "php") && e.file_type()?.is_file() {
                 t.php.push(r.clone());
             }
             t.files.push(r);
@@ -379,10 +469,15 @@ fn prepare_ro(o: &Opts) -> anyhow::Result<(PathBuf, Tree)> {
         files: Vec::new(),
         dirs: Vec::new(),
         big: PathBuf::from("zz-bigfile/big.bin"),
+        scale_sample: Vec::new(),
     };
-    walk(&ro, Path::new(""), &mut t)?;
-    t.files.retain(|p| !p.starts_with("zz-bigfile"));
-    t.dirs.retain(|p| !p.starts_with("zz-bigfile"));
+    if o.scale > 0 {
+        t.scale_sample = prepare_scale(&ro, o.scale)?;
+    }
+    if o.web_secs.is_some() {
+        web::generate_site(&ro)?;
+    }
+    walk_skipping_ours(&ro, &mut t)?;
     Ok((ro, t))
 }
 
@@ -401,9 +496,16 @@ enum Measure {
     WarmReaddir,
     SeqReadCold,
     SeqReadWarm,
+    ColdOpenRead,
+    CreateSmall,
+    ScaleStatCold,
+    ScaleStatWarm,
+    WebRps,
+    WebP99,
 }
 
 impl Measure {
+    /// Issue 4's measures, in the order of its table.
     const ALL: [Measure; 7] = [
         Measure::WarmOpenRead,
         Measure::ColdStat,
@@ -413,8 +515,41 @@ impl Measure {
         Measure::SeqReadCold,
         Measure::SeqReadWarm,
     ];
+    /// Issue 7's additions: cold reads, writes, scale.
+    const MORE: [Measure; 4] = [
+        Measure::ColdOpenRead,
+        Measure::CreateSmall,
+        Measure::ScaleStatCold,
+        Measure::ScaleStatWarm,
+    ];
+    /// The web workload.
+    const WEB: [Measure; 2] = [Measure::WebRps, Measure::WebP99];
+    /// A short name for data files and charts.
+    fn key(self) -> &'static str {
+        match self {
+            Measure::ColdStat => "stat-cold",
+            Measure::WarmStat => "stat-warm",
+            Measure::WarmMiss => "miss-warm",
+            Measure::WarmOpenRead => "open-read-warm",
+            Measure::WarmReaddir => "readdir-warm",
+            Measure::SeqReadCold => "seq-read-cold",
+            Measure::SeqReadWarm => "seq-read-warm",
+            Measure::ColdOpenRead => "open-read-cold",
+            Measure::CreateSmall => "create-1k",
+            Measure::ScaleStatCold => "scale-stat-cold",
+            Measure::ScaleStatWarm => "scale-stat-warm",
+            Measure::WebRps => "web-req-s",
+            Measure::WebP99 => "web-p99-ms",
+        }
+    }
     fn label(self) -> &'static str {
         match self {
+            Measure::ColdOpenRead => "cold open+read+close (µs/.php)",
+            Measure::CreateSmall => "create+write 1 KiB+close (µs/file)",
+            Measure::ScaleStatCold => "100k tree: cold stat (µs/file)",
+            Measure::ScaleStatWarm => "100k tree: warm stat (µs/file)",
+            Measure::WebRps => "web: requests/s",
+            Measure::WebP99 => "web: p99 latency (ms)",
             Measure::ColdStat => "cold stat (µs/file)",
             Measure::WarmStat => "warm stat (µs/file)",
             Measure::WarmMiss => "warm miss (µs/stat)",
@@ -425,7 +560,10 @@ impl Measure {
         }
     }
     fn is_throughput(self) -> bool {
-        matches!(self, Measure::SeqReadCold | Measure::SeqReadWarm)
+        matches!(
+            self,
+            Measure::SeqReadCold | Measure::SeqReadWarm | Measure::WebRps
+        )
     }
     /// The issue's target, as a ratio to bare (time ratio ≤, or throughput ratio ≥).
     fn target(self) -> &'static str {
@@ -434,6 +572,7 @@ impl Measure {
             Measure::WarmStat | Measure::WarmMiss => "≤ 1.3×",
             Measure::WarmOpenRead | Measure::WarmReaddir => "≤ 2×",
             Measure::SeqReadCold | Measure::SeqReadWarm => "≥ 0.9× (throughput)",
+            _ => "—",
         }
     }
     fn target_ok(self, ratio: f64) -> bool {
@@ -442,6 +581,7 @@ impl Measure {
             Measure::WarmStat | Measure::WarmMiss => ratio <= 1.3,
             Measure::WarmOpenRead | Measure::WarmReaddir => ratio <= 2.0,
             Measure::SeqReadCold | Measure::SeqReadWarm => ratio >= 0.9,
+            _ => true,
         }
     }
 }
@@ -528,6 +668,54 @@ fn timed(
         value: el.as_secs_f64() * 1e6 / ops as f64,
         rw_per_op: rw,
     })
+}
+
+/// Creates `n` files of 1 KiB in `dir` (write, close), like uploads or cache entries.
+fn create_small(dir: &Path, n: usize) -> anyhow::Result<usize> {
+    let block = [b'x'; 1024];
+    for i in 0..n {
+        let p = dir.join(format!("f{i:05}.txt"));
+        let mut f = File::create(&p).with_context(|| format!("create {}", p.display()))?;
+        f.write_all(&block)?;
+    }
+    Ok(n)
+}
+
+/// The issue 7 additions to a round: cold open+read, small creates, the scale tree.
+fn run_round_more(
+    t: &Target,
+    tree: &Tree,
+    round: usize,
+    creates: usize,
+    out: &mut BTreeMap<(String, Measure), Vec<Sample>>,
+) -> anyhow::Result<()> {
+    let r = &t.root;
+    let mut put = |m: Measure, s: Sample| out.entry((t.name.clone(), m)).or_default().push(s);
+    let mut buf = Vec::with_capacity(1 << 20);
+    drop_caches()?;
+    let s = timed(t, tree.php.len(), || open_read_all(r, &tree.php, &mut buf))?;
+    put(Measure::ColdOpenRead, s);
+    if creates > 0 {
+        // A fresh directory per round at the root (every union places it on the RW branch:
+        // the root exists there), removed untimed afterwards.
+        let d = r.join(format!("zz-create-{round}"));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).with_context(|| format!("mkdir {}", d.display()))?;
+        let s = timed(t, creates, || create_small(&d, creates))?;
+        put(Measure::CreateSmall, s);
+        std::fs::remove_dir_all(&d).with_context(|| format!("rm -r {}", d.display()))?;
+    }
+    if !tree.scale_sample.is_empty() {
+        let stride = if t.slow { SCALE_SLOW_STRIDE } else { 1 };
+        let sample: Vec<PathBuf> = tree.scale_sample.iter().step_by(stride).cloned().collect();
+        let n = sample.len();
+        drop_caches()?;
+        let s = timed(t, n, || stat_all(r, &sample, true))?;
+        put(Measure::ScaleStatCold, s);
+        let s = timed(t, n, || stat_all(r, &sample, true))?;
+        put(Measure::ScaleStatWarm, s);
+    }
+    Ok(())
 }
 
 fn run_round(
@@ -655,6 +843,15 @@ fn main() -> anyhow::Result<()> {
         eprintln!("mounted {} at {}", t.name, t.root.display());
         targets.push(t);
     }
+    let web = match o.web_secs {
+        Some(_) => {
+            let w: Vec<&Target> = targets.iter().filter(|t| web::wants(t)).collect();
+            let w = web::Web::start(&o.work, &w, &mut cl)?;
+            eprintln!("nginx + php-fpm serve every target's page");
+            Some(w)
+        }
+        None => None,
+    };
     let mut samples: BTreeMap<(String, Measure), Vec<Sample>> = BTreeMap::new();
     let t0 = Instant::now();
     for round in 0..o.rounds {
@@ -664,6 +861,22 @@ fn main() -> anyhow::Result<()> {
             // would measure the same thing again.
             run_round(t, &tree, &misses, !t.slow, &mut samples)
                 .with_context(|| format!("round {round} on {}", t.name))?;
+            run_round_more(t, &tree, round, o.creates, &mut samples)
+                .with_context(|| format!("round {round} on {}", t.name))?;
+            if let (Some(w), Some(secs)) = (&web, o.web_secs)
+                && let Some((rps, p99)) = w
+                    .measure(t, secs)
+                    .with_context(|| format!("web, round {round} on {}", t.name))?
+            {
+                samples
+                    .entry((t.name.clone(), Measure::WebRps))
+                    .or_default()
+                    .push(rps);
+                samples
+                    .entry((t.name.clone(), Measure::WebP99))
+                    .or_default()
+                    .push(p99);
+            }
             eprintln!(
                 "round {}/{} {:<22} {:>6.1} s",
                 round + 1,
@@ -678,6 +891,10 @@ fn main() -> anyhow::Result<()> {
     let report = render(&o, &targets, &tree, &samples, total);
     if let Some(d) = o.out.parent() {
         std::fs::create_dir_all(d)?;
+    }
+    if let Some(dir) = &o.charts {
+        let names: Vec<(String, bool)> = targets.iter().map(|t| (t.name.clone(), t.slow)).collect();
+        charts::write(dir, &names, &samples)?;
     }
     std::fs::write(&o.out, &report)?;
     println!("{report}");
@@ -844,6 +1061,7 @@ fn render(
         }
         w(&mut s, row);
     }
+    render_more(&mut s, targets, samples);
     w(&mut s, "\n## WCFS against issue 4's targets\n".into());
     w(
         &mut s,
@@ -898,4 +1116,174 @@ fn render(
         );
     }
     s
+}
+
+/// Median, min and max of a target's samples for a measure.
+fn stats(
+    samples: &BTreeMap<(String, Measure), Vec<Sample>>,
+    name: &str,
+    m: Measure,
+) -> Option<(f64, f64, f64)> {
+    let v = samples.get(&(name.to_string(), m))?;
+    let mut xs: Vec<f64> = v.iter().map(|s| s.value).collect();
+    let lo = xs.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    Some((median(&mut xs), lo, hi))
+}
+
+/// Median of the RW-branch requests per op, where counted.
+fn rw_median(
+    samples: &BTreeMap<(String, Measure), Vec<Sample>>,
+    name: &str,
+    m: Measure,
+) -> Option<f64> {
+    let mut v: Vec<f64> = samples
+        .get(&(name.to_string(), m))?
+        .iter()
+        .filter_map(|s| s.rw_per_op)
+        .collect();
+    (!v.is_empty()).then(|| median(&mut v))
+}
+
+/// Issue 7's sections: the added measures, the web workload, RW requests for both, and WCFS
+/// against every anchor on every row.
+fn render_more(
+    s: &mut String,
+    targets: &[Target],
+    samples: &BTreeMap<(String, Measure), Vec<Sample>>,
+) {
+    let w = |s: &mut String, t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
+    let cell = |name: &str, m: Measure| -> String {
+        let (Some((x, lo, hi)), Some((b, ..))) =
+            (stats(samples, name, m), stats(samples, "bare", m))
+        else {
+            return "—".into();
+        };
+        format!(
+            "{} ({:.2}×) {}–{}",
+            fmt_val(x),
+            x / b,
+            fmt_val(lo),
+            fmt_val(hi)
+        )
+    };
+    let table = |s: &mut String, title: &str, ms: &[Measure]| {
+        if !ms.iter().any(|m| samples.keys().any(|(_, k)| k == m)) {
+            return;
+        }
+        w(s, format!("\n## {title}\n"));
+        let mut hdr = "| target |".to_string();
+        let mut sep = "|---|".to_string();
+        for m in ms {
+            hdr += &format!(" {} |", m.label());
+            sep += "---:|";
+        }
+        w(s, hdr);
+        w(s, sep);
+        for t in targets {
+            if !ms
+                .iter()
+                .any(|m| samples.contains_key(&(t.name.clone(), *m)))
+            {
+                continue;
+            }
+            let mut row = format!("| {} |", t.name);
+            for m in ms {
+                row += &format!(" {} |", cell(&t.name, *m));
+            }
+            w(s, row);
+        }
+    };
+    table(
+        s,
+        "Cold reads, small creates, the 100k-file tree: median (ratio to bare) min–max",
+        &Measure::MORE,
+    );
+    table(
+        s,
+        "Web workload (nginx + php-fpm + opcache, wrk): median (ratio to bare) min–max",
+        &Measure::WEB,
+    );
+    let rwm = [
+        Measure::ColdOpenRead,
+        Measure::ScaleStatCold,
+        Measure::ScaleStatWarm,
+        Measure::CreateSmall,
+        Measure::WebRps,
+    ];
+    let slow: Vec<&Target> = targets.iter().filter(|t| t.slow).collect();
+    if !slow.is_empty() {
+        w(
+            s,
+            "\n## RW-branch metadata requests per operation, issue 7's measures (slowfs counters, \
+             median; per file, per created file, per page)\n"
+                .into(),
+        );
+        let mut hdr = "| target |".to_string();
+        let mut sep = "|---|".to_string();
+        for m in rwm {
+            hdr += &format!(" {} |", m.key());
+            sep += "---:|";
+        }
+        w(s, hdr);
+        w(s, sep);
+        for t in &slow {
+            let mut row = format!("| {} |", t.name);
+            for m in rwm {
+                match rw_median(samples, &t.name, m) {
+                    Some(v) => row += &format!(" {v:.3} |"),
+                    None => row += " — |",
+                }
+            }
+            w(s, row);
+        }
+    }
+    // WCFS against each anchor with the same kind of RW branch, on every measure.
+    let anchors: Vec<&Target> = targets
+        .iter()
+        .filter(|t| !matches!(t.kind, Kind::Bare | Kind::Wcfs))
+        .collect();
+    if anchors.is_empty() || !targets.iter().any(|t| t.kind == Kind::Wcfs) {
+        return;
+    }
+    w(
+        s,
+        "\n## WCFS against each anchor (same RW branch): how many times better WCFS is \
+         (anchor time ÷ WCFS time, or WCFS throughput ÷ anchor throughput; < 1 = WCFS loses)\n"
+            .into(),
+    );
+    let mut hdr = "| measure | wcfs | wcfs/slow |".to_string();
+    let mut sep = "|---|---:|---:|".to_string();
+    for a in &anchors {
+        hdr += &format!(" vs {} |", a.name);
+        sep += "---:|";
+    }
+    w(s, hdr);
+    w(s, sep);
+    let all = Measure::ALL
+        .iter()
+        .chain(Measure::MORE.iter())
+        .chain(Measure::WEB.iter());
+    for &m in all {
+        if !samples.keys().any(|(_, k)| *k == m) {
+            continue;
+        }
+        let med = |n: &str| stats(samples, n, m).map(|x| x.0);
+        let v = |n: &str| med(n).map_or("—".into(), fmt_val);
+        let mut row = format!("| {} | {} | {} |", m.label(), v("wcfs"), v("wcfs/slow"));
+        for a in &anchors {
+            let wn = if a.slow { "wcfs/slow" } else { "wcfs" };
+            match (med(wn), med(&a.name)) {
+                (Some(x), Some(y)) if x > 0.0 && y > 0.0 => {
+                    let better = if m.is_throughput() { x / y } else { y / x };
+                    row += &format!(" {better:.2}× |");
+                }
+                _ => row += " — |",
+            }
+        }
+        w(s, row);
+    }
 }
