@@ -39,7 +39,11 @@ struct OpenHow {
 
 /// One branch root, with optional syscall accounting (the RW branch is counted).
 pub(crate) struct Branch {
+    /// Replaced in place by [`Branch::reopen`] (`dup3` onto the same number), so every call
+    /// made after a reopen resolves beneath the new root without any lock on the hot path.
     root: OwnedFd,
+    /// The path the root was opened from, for [`Branch::reopen`].
+    path: std::path::PathBuf,
     stats: Option<Arc<RwStats>>,
     /// Directory fds by path, for a branch that never changes under the mount (the RO one).
     dirs: Option<Mutex<DirFds>>,
@@ -58,6 +62,8 @@ enum Dir {
 struct DirFds {
     max: usize,
     tick: u64,
+    /// Bumped by [`Branch::reopen`]: an fd opened under an older root is not cached.
+    epoch: u64,
     map: HashMap<Vec<u8>, (Arc<OwnedFd>, u64)>,
 }
 
@@ -122,9 +128,41 @@ impl Branch {
         let root = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Branch {
             root,
+            path: dir.to_path_buf(),
             stats,
             dirs: None,
         })
+    }
+
+    /// Opens the branch's path again and makes it the root, and forgets every cached
+    /// directory fd: for an RO branch whose content was replaced under the mount (a new
+    /// release mounted over the path, or the symlink it names switched). Calls already under
+    /// way finish against the old root; every later call sees the new one. Files the kernel
+    /// still has open keep reading what they opened.
+    pub(crate) fn reopen(&self) -> io::Result<()> {
+        let fresh = Branch::open(&self.path, None)?;
+        // The epoch first: a lookup racing this reopen may still open a directory beneath the
+        // old root, and must not cache it.
+        if let Some(d) = &self.dirs {
+            let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+            d.epoch += 1;
+            d.map.clear();
+        }
+        // SAFETY: both fds are open and owned by us; dup3 atomically makes `self.root`'s number
+        // name the new directory (closing the old one), so no call sees a closed number.
+        check(unsafe {
+            libc::dup3(
+                fresh.root.as_raw_fd(),
+                self.root.as_raw_fd(),
+                libc::O_CLOEXEC,
+            )
+        })?;
+        if let Some(d) = &self.dirs {
+            let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+            d.epoch += 1;
+            d.map.clear();
+        }
+        Ok(())
     }
 
     /// Keeps up to `max` directory fds open (0: none), so a path is resolved from its cached
@@ -134,6 +172,7 @@ impl Branch {
             Mutex::new(DirFds {
                 max,
                 tick: 0,
+                epoch: 0,
                 map: HashMap::new(),
             })
         });
@@ -208,14 +247,20 @@ impl Branch {
                         .as_ref()
                         .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
                 };
-                if let Some(fd) = lock().and_then(|mut d| d.get(p.as_bytes())) {
-                    return Ok(Dir::Cached(fd));
+                let mut epoch = 0;
+                if let Some(mut d) = lock() {
+                    if let Some(fd) = d.get(p.as_bytes()) {
+                        return Ok(Dir::Cached(fd));
+                    }
+                    epoch = d.epoch;
                 }
                 // Resolved in full, as without the cache: the cache only ever holds fds that
                 // a symlink-refusing openat2 beneath the root returned.
                 let fd =
                     Arc::new(self.openat2(p.as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0)?);
-                if let Some(mut d) = lock() {
+                if let Some(mut d) = lock()
+                    && d.epoch == epoch
+                {
                     d.insert(p.as_bytes(), fd.clone());
                 }
                 Ok(Dir::Cached(fd))

@@ -1105,6 +1105,17 @@ impl Shared {
 
     /// Drops the daemon's remembered listing of directory `ino` (its content changed).
     /// Drops every listing kept for `readdir` without a handle.
+    /// Reopens the RO branch from its path and forgets what was learnt about its files (the
+    /// passthrough decisions): the RO image was replaced under the mount.
+    pub(crate) fn reload_ro(&self) -> io::Result<()> {
+        self.ro.reopen()?;
+        self.ro_opens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+
     pub(crate) fn forget_all_listings(&self) {
         self.dir_cache
             .lock()

@@ -162,6 +162,11 @@ fn note(what: &str, r: io::Result<()>) {
 /// Drops the kernel's entries, attributes, pages and listings under `path` (`None`: the whole
 /// mount), and the path's own entry. Returns the number of names dropped.
 fn drop_tree(s: &Shared, notifier: &Notifier, path: Option<&WPath>) -> usize {
+    // A new RO image may be mounted over the branch's path (or its symlink switched): resolve
+    // the path again, or every later call would still read the old image.
+    if let Err(e) = s.reload_ro() {
+        tracing::error!(error = %e, "reopening the RO branch; still serving the old one");
+    }
     let top = match path {
         None => ROOT,
         Some(p) => {

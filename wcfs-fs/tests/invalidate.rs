@@ -98,3 +98,60 @@ fn replaced_ro_content_shows_after_dropping_its_directory() {
     drop_tree(&fx, Some("new.html"));
     assert_eq!(std::fs::read(fx.m("new.html")).unwrap(), b"new");
 }
+
+/// Unmounts a bind mount when dropped (also when the test fails).
+struct Bind(std::path::PathBuf);
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_release_mounted_over_the_ro_branch_shows_after_dropping_everything() {
+    let fx = Fx::new(|ro| {
+        std::fs::create_dir_all(ro.join("wp/inc")).unwrap();
+        std::fs::write(ro.join("wp/inc/load.php"), b"<?php // v1").unwrap();
+        std::fs::write(ro.join("wp/inc/gone.php"), b"<?php // only in v1").unwrap();
+    });
+    // Reads through the mount: the daemon now holds directory fds of the old image.
+    assert_eq!(
+        std::fs::read(fx.m("wp/inc/load.php")).unwrap(),
+        b"<?php // v1"
+    );
+    assert!(fx.m("wp/inc/gone.php").exists());
+    // The next release, mounted over the RO branch's path as a deploy would.
+    let v2 = fx.tmp.path().join("release-2");
+    std::fs::create_dir_all(v2.join("wp/inc")).unwrap();
+    std::fs::write(v2.join("wp/inc/load.php"), b"<?php // v2").unwrap();
+    std::fs::write(v2.join("wp/inc/new.php"), b"<?php // only in v2").unwrap();
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&v2)
+        .arg(&fx.ro)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind");
+    let _bind = Bind(fx.ro.clone());
+    assert_eq!(
+        std::fs::read(fx.m("wp/inc/load.php")).unwrap(),
+        b"<?php // v1",
+        "the mount served the old image before invalidation (else this test proves nothing)"
+    );
+    drop_tree(&fx, None);
+    assert_eq!(
+        std::fs::read(fx.m("wp/inc/load.php")).unwrap(),
+        b"<?php // v2"
+    );
+    assert_eq!(
+        std::fs::read(fx.m("wp/inc/new.php")).unwrap(),
+        b"<?php // only in v2"
+    );
+    assert!(!fx.m("wp/inc/gone.php").exists(), "a file of the old image");
+    let mut l = names(&fx.m("wp/inc"));
+    l.sort();
+    assert_eq!(l, ["load.php", "new.php"]);
+}
