@@ -15,6 +15,9 @@ use wcfs_gossip::journal::Durability;
 
 /// Default interval between fsyncs under `policy = "interval"`.
 pub const DEFAULT_INTERVAL_MS: u64 = 100;
+/// Most RO directory fds kept open: each is a file descriptor of the daemon's, and a value
+/// beyond this is more likely a typo than a plan (the default `ulimit -n` is far lower).
+pub const MAX_RO_DIR_FDS: u64 = 1 << 20;
 /// Longest TTL or fsync interval accepted (a day): larger values are almost surely a unit
 /// mistake (seconds written as milliseconds).
 const MAX_MS: u64 = 86_400_000;
@@ -43,6 +46,9 @@ pub struct RawConfig {
     /// `[cache]`.
     #[serde(default)]
     pub cache: RawCache,
+    /// `[union]`.
+    #[serde(default)]
+    pub union: RawUnion,
     /// `[admin]`.
     #[serde(default)]
     pub admin: RawAdmin,
@@ -98,6 +104,18 @@ pub struct RawCache {
     pub rw_ttl_ms: Option<u64>,
     /// How long the kernel may remember that a name does not exist.
     pub negative_ttl_ms: Option<u64>,
+    /// RO-branch directory fds kept open.
+    pub ro_dir_fds: Option<u64>,
+}
+
+/// `[union]`: how the union is served (see `wcfs_fs::FsConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnion {
+    /// Lookups of paths the table does not know also check the RW branch.
+    pub strict: Option<bool>,
+    /// RO files at least this large are read through FUSE passthrough (0: never).
+    pub ro_passthrough_min_bytes: Option<u64>,
 }
 
 /// `[admin]`.
@@ -376,6 +394,22 @@ impl RawConfig {
         };
 
         let d = wcfs_fs::FsConfig::default();
+        let ro_dir_fds = match self.cache.ro_dir_fds {
+            None => d.ro_dir_fds,
+            Some(n) if n > MAX_RO_DIR_FDS => {
+                return Err(invalid(
+                    "cache.ro_dir_fds",
+                    format!("{n}: at most {MAX_RO_DIR_FDS} (each is an open file descriptor)"),
+                ));
+            }
+            // Fits: bounded above, and usize is at least 32 bits on every target we build.
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let ro_passthrough_min = match self.union.ro_passthrough_min_bytes {
+            None => d.ro_passthrough_min,
+            Some(0) => u64::MAX,
+            Some(n) => n,
+        };
         let fs = wcfs_fs::FsConfig {
             ro_ttl: ms("cache.ro_ttl_ms", self.cache.ro_ttl_ms, d.ro_ttl)?,
             rw_ttl: ms("cache.rw_ttl_ms", self.cache.rw_ttl_ms, d.rw_ttl)?,
@@ -384,6 +418,9 @@ impl RawConfig {
                 self.cache.negative_ttl_ms,
                 d.negative_ttl,
             )?,
+            ro_dir_fds,
+            ro_passthrough_min,
+            strict: self.union.strict.unwrap_or(d.strict),
             ..d
         };
 
@@ -393,6 +430,13 @@ impl RawConfig {
             .as_deref()
             .map(|s| addr("metrics.listen", s))
             .transpose()?;
+        if metrics_listen.is_some() && net.is_none() {
+            return Err(invalid(
+                "metrics.listen",
+                "given without listen (metrics are served by cluster nodes only; a single \
+                 node has `wcfs status`)",
+            ));
+        }
 
         let log_level = self.log.level.unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -439,6 +483,8 @@ pub struct Overrides {
     pub key: Option<PathBuf>,
     /// `--admin-socket`.
     pub admin_socket: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics_listen: Option<String>,
 }
 
 impl Overrides {
@@ -462,6 +508,7 @@ impl Overrides {
         set(&mut raw.tls.cert, self.cert);
         set(&mut raw.tls.key, self.key);
         set(&mut raw.admin.socket, self.admin_socket);
+        set(&mut raw.metrics.listen, self.metrics_listen);
         raw
     }
 }
@@ -494,6 +541,11 @@ mod tests {
             (c.fs.ro_ttl, c.fs.rw_ttl, c.fs.negative_ttl),
             (d.ro_ttl, d.rw_ttl, d.negative_ttl)
         );
+        assert_eq!(
+            (c.fs.strict, c.fs.ro_passthrough_min, c.fs.ro_dir_fds),
+            (d.strict, d.ro_passthrough_min, d.ro_dir_fds)
+        );
+        assert_eq!(c.metrics_listen, None);
         assert_eq!(
             c.admin_socket,
             Some(PathBuf::from("/var/lib/wcfs/admin.sock"))
@@ -539,6 +591,16 @@ mod tests {
         assert!(e.starts_with("durability.interval_ms"), "{e}");
         let e = single("[metrics]\nlisten = \"localhost\"\n");
         assert!(e.starts_with("metrics.listen: not an address"), "{e}");
+        let e = single("[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        assert!(e.starts_with("metrics.listen: given without listen"), "{e}");
+        let e = single("[cache]\nro_dir_fds = 2000000\n");
+        assert!(e.starts_with("cache.ro_dir_fds: 2000000"), "{e}");
+        let e = single("[union]\nstrict = \"yes\"\n");
+        assert!(e.contains("strict"), "{e}");
+        let e = single("[union]\nro_passthrough_min_bytes = -1\n");
+        assert!(e.contains("ro_passthrough_min_bytes"), "{e}");
+        let e = single("[union]\nro_passthrough_min = 5\n");
+        assert!(e.contains("ro_passthrough_min"), "{e}");
         let e = single("[log]\nlevel = \"wcfs=loud\"\n");
         assert!(e.starts_with("log.level"), "{e}");
         let e = single("[cache]\nro_ttl_ms = 100000000000\n");
@@ -574,6 +636,21 @@ mod tests {
     }
 
     #[test]
+    fn union_settings_are_taken_from_the_file() {
+        let c = parse(&format!(
+            "{MINIMAL}[union]\nstrict = true\nro_passthrough_min_bytes = 4096\n\
+             [cache]\nro_dir_fds = 0\n"
+        ))
+        .unwrap();
+        assert!(c.fs.strict);
+        assert_eq!(c.fs.ro_passthrough_min, 4096);
+        assert_eq!(c.fs.ro_dir_fds, 0);
+        // 0 turns RO passthrough off (rather than passing every RO file through).
+        let c = parse(&format!("{MINIMAL}[union]\nro_passthrough_min_bytes = 0\n")).unwrap();
+        assert_eq!(c.fs.ro_passthrough_min, u64::MAX);
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let raw = RawConfig::parse(
             include_str!("../dist/wcfs.toml"),
@@ -587,9 +664,11 @@ mod tests {
             listen: Some("127.0.0.1:9000".into()),
             seeds: vec!["127.0.0.1:9001".into()],
             key: Some("/k.pem".into()),
+            metrics_listen: Some("127.0.0.1:9464".into()),
             ..Overrides::default()
         };
         let c = o.apply(raw).resolve().unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.ro, PathBuf::from("/other-ro"));
         assert_eq!(
             c.rw,

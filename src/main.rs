@@ -166,6 +166,10 @@ struct MountArgs {
     /// The admin socket (default: DATA/admin.sock). [config: admin.socket]
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+    /// TCP address of the Prometheus endpoint (`GET /metrics`), e.g. 127.0.0.1:9464; cluster
+    /// nodes only. [config: metrics.listen]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Where to mount. [config: branches.mountpoint]
     mountpoint: Option<PathBuf>,
 }
@@ -189,6 +193,7 @@ impl MountArgs {
             cert: self.cert,
             key: self.key,
             admin_socket: self.admin_socket,
+            metrics_listen: self.metrics,
         };
         let what = match &self.config {
             Some(p) => format!("configuration {}", p.display()),
@@ -259,14 +264,17 @@ fn print_result(v: &serde_json::Value, json: bool, human: fn(&serde_json::Value)
     }
 }
 
-/// Logs to stderr (journald takes it under systemd); `RUST_LOG` overrides `level`.
+/// Logs to stderr (journald takes it under systemd); `RUST_LOG` overrides `level`. Colours
+/// only on a terminal: escape codes in log files and the journal are noise.
 fn init_tracing(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

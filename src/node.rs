@@ -99,6 +99,24 @@ pub(crate) fn sd_notify(msg: &str) {
     }
 }
 
+/// The filesystem's counters for the metrics endpoint: FUSE requests for the operations
+/// `wcfs_fs` counts them for, RW-branch syscalls for every operation.
+fn fs_source(stats: Arc<wcfs_fs::RwStats>) -> wcfs_gossip::metrics::FsSource {
+    use wcfs_fs::OpKind;
+    Arc::new(move || {
+        OpKind::ALL
+            .iter()
+            .map(|&k| wcfs_gossip::metrics::FsOpCount {
+                op: k.name(),
+                requests: wcfs_fs::RwStats::REQUESTS_COUNTED
+                    .contains(&k)
+                    .then(|| stats.requests(k)),
+                rw_syscalls: stats.get(k),
+            })
+            .collect()
+    })
+}
+
 /// Whether a networked node has caught up: it exchanged digests with at least one member and
 /// had nothing to learn from it then.
 fn caught_up(h: &RuntimeHandle) -> bool {
@@ -250,10 +268,40 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
         }
     };
 
-    if let Some(m) = cfg.metrics_listen {
-        tracing::warn!(listen = %m, "metrics.listen is set but this build does not serve metrics yet");
-    }
+    // Config validation refuses metrics.listen without listen: the endpoint reads the runtime.
+    let metrics = match (cfg.metrics_listen, &tables, &tokio_rt) {
+        (Some(addr), Tables::Net(h), Some(rt)) => {
+            let sources = wcfs_gossip::metrics::Sources {
+                runtime: h.clone(),
+                fs: Some(fs_source(info.fs_stats.clone())),
+            };
+            let _enter = rt.enter();
+            let m = wcfs_gossip::metrics::serve(addr, sources).context("serving metrics")?;
+            tracing::info!(listen = %m.local_addr(), "serving metrics on /metrics");
+            Some(m)
+        }
+        _ => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
+    // Unmounted from outside (`umount MNT`, `fusermount3 -u`): stop as on SIGTERM, so the node
+    // still writes its final snapshot, removes its admin socket and tells its peers. The main
+    // thread takes SIGTERM with sigwait; a process-directed signal reaches it there.
+    {
+        let stop = stop.clone();
+        guard.on_session_end(move || {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!("the mount went away from outside; shutting down");
+            // SAFETY: kill(2) on our own pid with a valid signal number.
+            if unsafe { libc::kill(libc::getpid(), libc::SIGTERM) } != 0 {
+                tracing::error!(
+                    error = %std::io::Error::last_os_error(),
+                    "cannot signal the main thread to shut down"
+                );
+            }
+        });
+    }
     // A single node's store needs upkeep (interval fsyncs, snapshots); the runtime does its own.
     let upkeep = match (&tables, &store) {
         (Tables::Local(h), Some(store)) => {
@@ -303,6 +351,9 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
     tracing::info!(sig, "unmounting");
     sd_notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
+    if let (Some(m), Some(rt)) = (metrics, &tokio_rt) {
+        rt.block_on(m.shutdown());
+    }
     drop(admin);
     drop(info);
     guard.unmount().context("unmounting")?;

@@ -219,6 +219,8 @@ pub(crate) struct Shared {
     tmp_counter: AtomicU64,
     /// POSIX locks and flocks of RW files, held on the backing files.
     locks: Arc<Locks>,
+    /// Runs once when the FUSE session ends (see `MountGuard::on_session_end`).
+    pub(crate) session_end: crate::mount::SessionEnd,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -403,6 +405,7 @@ impl Shared {
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
             locks: Arc::default(),
+            session_end: crate::mount::SessionEnd::default(),
         }
     }
 
@@ -1643,6 +1646,10 @@ impl Filesystem for UnionFs {
             s.passthrough_on.store(ok, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.0.session_end.ended();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, Session, SessionACL};
 use wcfs_core::handle::TableHandle;
@@ -240,6 +240,52 @@ impl OsStrCompat for std::ffi::OsStr {
     }
 }
 
+/// A callback run when the FUSE session ends.
+type EndHook = Box<dyn FnOnce() + Send>;
+
+/// Whether the FUSE session has ended, and who to tell when it does.
+#[derive(Default)]
+pub(crate) struct SessionEnd(Mutex<EndState>);
+
+#[derive(Default)]
+enum EndState {
+    #[default]
+    Running,
+    Hooked(EndHook),
+    Ended,
+}
+
+impl SessionEnd {
+    /// Marks the session ended and runs the hook, if one was set (at most once).
+    pub(crate) fn ended(&self) {
+        let prev = std::mem::replace(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            EndState::Ended,
+        );
+        // Run outside the lock: the hook may be slow or call back into the guard.
+        if let EndState::Hooked(f) = prev {
+            f();
+        }
+    }
+
+    fn is_ended(&self) -> bool {
+        matches!(
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            EndState::Ended
+        )
+    }
+
+    fn hook(&self, f: EndHook) {
+        let mut st = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*st, EndState::Ended) {
+            drop(st);
+            f();
+        } else {
+            *st = EndState::Hooked(f);
+        }
+    }
+}
+
 /// A live mount. Dropping it unmounts (lazily if files are still open).
 pub struct MountGuard {
     session: Option<BackgroundSession>,
@@ -274,6 +320,19 @@ impl MountGuard {
     /// The mountpoint.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Runs `f` once, on a FUSE thread, when the session ends: after [`MountGuard::unmount`]
+    /// or when the mount went away from outside (`umount MNT`, `fusermount3 -u`, the FUSE
+    /// connection aborted). At once (on the calling thread) if it has already ended. Replaces
+    /// an earlier hook. `f` must not block on this guard (it runs inside `unmount`).
+    pub fn on_session_end(&self, f: impl FnOnce() + Send + 'static) {
+        self.shared.session_end.hook(Box::new(f));
+    }
+
+    /// Whether the FUSE session has ended (see [`MountGuard::on_session_end`]).
+    pub fn session_ended(&self) -> bool {
+        self.shared.session_end.is_ended()
     }
 
     /// Unmounts and waits for the FUSE workers to finish. On EBUSY, detaches lazily.

@@ -115,6 +115,16 @@ pub struct RwStats {
 }
 
 impl RwStats {
+    /// The operations whose FUSE requests [`RwStats::requests`] counts; it reads 0 for the
+    /// others.
+    pub const REQUESTS_COUNTED: [OpKind; 5] = [
+        OpKind::Lookup,
+        OpKind::Getattr,
+        OpKind::Open,
+        OpKind::Read,
+        OpKind::Readdir,
+    ];
+
     /// Charges one RW syscall to the calling thread's current operation.
     pub(crate) fn count(&self) {
         let op = CURRENT.with(|c| c.get());
@@ -123,6 +133,10 @@ impl RwStats {
 
     /// Counts one FUSE request of kind `op` that reached the daemon.
     pub(crate) fn served(&self, op: OpKind) {
+        debug_assert!(
+            Self::REQUESTS_COUNTED.contains(&op),
+            "{op:?} is not in REQUESTS_COUNTED"
+        );
         self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
     }
 

@@ -370,3 +370,41 @@ fn hard_links_show_one_inode_number_under_every_name() {
     assert_eq!(ino("b2"), c);
     assert_eq!(ino("c"), c);
 }
+
+#[test]
+fn the_session_end_hook_runs_once_on_unmount_from_inside_or_outside() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
+    // From outside: `umount MNT` ends the session; the hook runs without the guard's help.
+    let mut fx = Fx::new(|_| {});
+    let g = fx.guard.take().unwrap();
+    assert!(!g.session_ended());
+    let (tx, rx) = mpsc::channel();
+    g.on_session_end(move || tx.send(()).unwrap());
+    let out = std::process::Command::new("umount")
+        .arg(&fx.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the hook did not run after an outside umount");
+    assert!(g.session_ended());
+    // Unmounting the guard afterwards is quiet and does not run the hook again.
+    g.unmount().unwrap();
+    assert!(rx.try_recv().is_err());
+
+    // From inside: `unmount` runs it, once.
+    let mut fx = Fx::new(|_| {});
+    let g = fx.guard.take().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    g.on_session_end(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    g.unmount().unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
