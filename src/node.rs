@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -123,6 +123,13 @@ fn caught_up(h: &RuntimeHandle) -> bool {
     h.peers().iter().any(|p| p.up && p.we_behind == Some(0))
 }
 
+/// The invalidator once mounted, and whether a change came before it.
+#[derive(Default)]
+struct Early {
+    inval: Option<wcfs_fs::Invalidator>,
+    missed: bool,
+}
+
 /// Opens the data directory, starts the runtime when networked, mounts, serves the admin
 /// socket, and runs until SIGINT/SIGTERM (`signals` must already be blocked in every thread).
 pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<()> {
@@ -164,8 +171,10 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
         }
     };
 
-    // The kernel-cache invalidator exists only once mounted; changes before that need none.
-    let inval_cell: Arc<OnceLock<wcfs_fs::Invalidator>> = Arc::default();
+    // The kernel-cache invalidator exists only once `mount` returns, but the kernel may look
+    // names up (and cache the answers) from the mount's first moment; a change merged in
+    // between is remembered and answered by dropping everything once the invalidator exists.
+    let inval_cell: Arc<Mutex<Early>> = Arc::default();
     let mut tokio_rt = None;
     let mut runtime = None;
     let (tables, store, generation, listen): (Tables, Option<Arc<Store>>, u64, _) =
@@ -180,7 +189,11 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
                     .context("starting the async runtime")?;
                 let sink = inval_cell.clone();
                 let on_change = Box::new(move |c: Invalidate| {
-                    let Some(i) = sink.get() else { return };
+                    let mut early = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(i) = &early.inval else {
+                        early.missed = true;
+                        return;
+                    };
                     match c {
                         Invalidate::Path(p) => i.path_changed(&p),
                         Invalidate::All => drop(i.drop_tree(None)),
@@ -231,7 +244,12 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
             h.on_change(move |p| i.path_changed(p));
         }
         Tables::Net(_) => {
-            let _ = inval_cell.set(inval.clone());
+            let mut early = inval_cell.lock().unwrap_or_else(|e| e.into_inner());
+            early.inval = Some(inval.clone());
+            if early.missed {
+                tracing::debug!("changes merged while mounting: dropping the kernel's caches");
+                drop(inval.drop_tree(None));
+            }
         }
     }
     tracing::info!(
