@@ -26,6 +26,8 @@ const MS: Micros = 1000;
 const SEC: Micros = 1_000_000;
 /// Group commit period of every node's journal (an fsync on a fast SSD).
 pub const COMMIT_INTERVAL: Micros = 1000;
+/// The wire type byte of a member list message (after the 4-byte magic and the version).
+const MEMBERS_TYPE: u8 = 7;
 
 /// Network conditions, changeable by faults.
 #[derive(Clone, Debug)]
@@ -212,6 +214,9 @@ pub struct Mutation {
     pub lost: bool,
     /// Per node, when it first learned the mutation (`Micros::MAX`: not yet).
     reached: Vec<Micros>,
+    /// Running nodes the origin did not list as members when it proposed (its push
+    /// cannot reach them; they learn the mutation some other way).
+    pub unknown_at_origin: Vec<usize>,
 }
 
 /// Totals over a run.
@@ -229,6 +234,9 @@ pub struct Counters {
     pub sync_msgs: u64,
     /// SWIM bytes sent.
     pub swim_bytes: u64,
+    /// Membership anti-entropy (member list) bytes sent: membership traffic like SWIM, so
+    /// kept out of the sync figures too.
+    pub member_list_bytes: u64,
     /// Crashes.
     pub crashes: u64,
     /// Snapshot installs.
@@ -463,6 +471,8 @@ impl Sim {
             let swim = t.bytes.get(5) == Some(&0);
             if swim {
                 self.counters.swim_bytes += t.bytes.len() as u64;
+            } else if t.bytes.get(5) == Some(&MEMBERS_TYPE) {
+                self.counters.member_list_bytes += t.bytes.len() as u64;
             } else {
                 self.counters.sync_bytes += t.bytes.len() as u64;
                 self.counters.sync_msgs += 1;
@@ -631,11 +641,18 @@ impl Sim {
             return;
         };
         let dot = e.dot;
+        let known: std::collections::BTreeSet<SocketAddr> =
+            node.members().iter().map(|m| m.addr).collect();
         sn.disk.journal.push(rec.clone());
         let m = self.muts.len();
         sn.pending_ack.push(m);
         let mut reached = vec![Micros::MAX; nn];
         reached[i] = self.now;
+        let unknown_at_origin: Vec<usize> = (0..nn)
+            .filter(|&j| {
+                j != i && self.nodes[j].life == Life::Up && !known.contains(&self.nodes[j].addr)
+            })
+            .collect();
         self.muts.push(Mutation {
             origin: i,
             dot,
@@ -646,6 +663,7 @@ impl Sim {
             acked: false,
             lost: false,
             reached,
+            unknown_at_origin,
         });
         self.by_dot.insert(dot, m);
     }

@@ -11,6 +11,7 @@
 mod membership;
 mod peer;
 mod sync;
+mod view;
 pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -181,6 +182,8 @@ pub struct NodeStats {
     pub records_merged: u64,
     /// GC passes that freed paths.
     pub paths_collected: u64,
+    /// Member lists sent (membership anti-entropy).
+    pub member_lists_sent: u64,
 }
 
 /// Most events kept unpolled; past it they are dropped for one [`Event::Overflow`].
@@ -242,6 +245,10 @@ pub struct Node {
     snap_in: Option<SnapIn>,
     snap_out: Option<SnapOut>,
     stats: NodeStats,
+    /// XOR of [`view::id_hash`] over `peers` and ourselves.
+    view_fp: u64,
+    /// Member lists we may still send this anti-entropy round.
+    lists_left: u32,
 }
 
 impl Node {
@@ -284,6 +291,8 @@ impl Node {
             snap_in: None,
             snap_out: None,
             stats: NodeStats::default(),
+            view_fp: view::id_hash(&me),
+            lists_left: view::LISTS_PER_ROUND,
         }
     }
 
@@ -407,6 +416,7 @@ impl Node {
         }
         if now >= self.next_ae {
             self.next_ae = now + self.jitter(self.cfg.ae_interval);
+            self.lists_left = view::LISTS_PER_ROUND;
             if self.cfg.anti_entropy {
                 self.anti_entropy_round();
             }
@@ -520,7 +530,10 @@ impl Node {
                     let fresh = self.peers.get(&id.addr).is_none_or(|p| p.id != id);
                     if fresh {
                         self.departed.remove(&id.addr);
-                        self.peers.insert(id.addr, Peer::new(id));
+                        if let Some(old) = self.peers.insert(id.addr, Peer::new(id)) {
+                            self.view_fp ^= view::id_hash(&old.id);
+                        }
+                        self.view_fp ^= view::id_hash(&id);
                         self.event(Event::MemberUp(id));
                     }
                 }
@@ -528,6 +541,7 @@ impl Node {
                     if self.peers.get(&id.addr).is_some_and(|p| p.id == id)
                         && let Some(p) = self.peers.remove(&id.addr)
                     {
+                        self.view_fp ^= view::id_hash(&p.id);
                         // It still counts for GC for a grace period: if it comes back (a
                         // partition heals) it merges instead of needing a reset.
                         const MAX_DEPARTED: usize = 1 << 16;

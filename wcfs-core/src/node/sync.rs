@@ -103,7 +103,11 @@ impl Node {
                 data,
             } => self.on_snap_chunk(from, id, offset, total, data),
             Message::SnapReq { id, offset } => self.serve_snapshot(from, Some((id, offset))),
-            Message::Summary { hash, echo } => {
+            Message::Members { reply, list } => self.on_members(from, reply, &list),
+            Message::Summary { hash, echo, view } => {
+                if !echo {
+                    self.on_peer_view(from, view);
+                }
                 let (mine, h) = self.my_digest_and_hash();
                 if h == hash {
                     // Same digest: nothing to exchange, and we now know its vector (GC needs
@@ -116,6 +120,7 @@ impl Node {
                         let m = Message::Summary {
                             hash: h,
                             echo: true,
+                            view: self.view_fingerprint(),
                         };
                         self.send(from, Channel::Stream, m.encode());
                     }
@@ -127,6 +132,7 @@ impl Node {
                         let m = Message::Summary {
                             hash: h,
                             echo: true,
+                            view: self.view_fingerprint(),
                         };
                         self.send(from, Channel::Stream, m.encode());
                     }
@@ -261,6 +267,7 @@ impl Node {
         let bytes = Message::Summary {
             hash: self.my_digest_and_hash().1,
             echo: false,
+            view: self.view_fingerprint(),
         }
         .encode();
         for a in picks {

@@ -194,3 +194,69 @@ fn anti_entropy_repairs_a_node_that_missed_pushes() {
         assert_eq!(net.live(0) == net.live(1), ae, "anti-entropy {ae}");
     }
 }
+
+#[test]
+fn a_member_list_teaches_unknown_members_and_pushes_reach_them() {
+    let mut cfg = Config::new(3);
+    cfg.seeds = Vec::new();
+    let me = Identity {
+        addr: addr(0),
+        replica: ReplicaId(100),
+        generation: 0,
+    };
+    let mut a = Node::new(cfg, me, Table::new(ReplicaId(100), 0), 1);
+    let other = |i: usize| {
+        foca::Member::new(
+            Identity {
+                addr: addr(i),
+                replica: ReplicaId(100 + i as u64),
+                generation: 0,
+            },
+            0,
+            foca::State::Alive,
+        )
+    };
+    let list = super::view::encode_list([other(1), other(2)].iter());
+    let t = Duration::from_millis(1);
+    a.handle(t, addr(1), &Message::Members { reply: true, list }.encode());
+    let known: Vec<SocketAddr> = a.members().iter().map(|m| m.addr).collect();
+    assert_eq!(known, vec![addr(1), addr(2)]);
+    // Asked for ours: answered with a list.
+    let mut answered = false;
+    while let Some(tx) = a.poll_transmit() {
+        if tx.to == addr(1)
+            && matches!(
+                Message::decode(&tx.bytes),
+                Ok(Message::Members { reply: false, .. })
+            )
+        {
+            answered = true;
+        }
+    }
+    assert!(answered, "no member list sent back");
+    a.propose(&p("x"), Op::MarkRw).unwrap();
+    a.mark_durable(1);
+    let mut pushed = Vec::new();
+    while let Some(tx) = a.poll_transmit() {
+        if matches!(Message::decode(&tx.bytes), Ok(Message::Push(_))) {
+            pushed.push(tx.to);
+        }
+    }
+    assert_eq!(pushed, vec![addr(1), addr(2)]);
+}
+
+#[test]
+fn member_lists_stop_once_views_agree() {
+    let mut net = Net::new(4, true);
+    net.run_until(Duration::from_secs(5));
+    for i in 0..4 {
+        assert_eq!(net.nodes[i].members().len(), 3, "node {i} knows everyone");
+    }
+    let before: u64 = net.nodes.iter().map(|n| n.stats().member_lists_sent).sum();
+    net.run_until(Duration::from_secs(10));
+    let after: u64 = net.nodes.iter().map(|n| n.stats().member_lists_sent).sum();
+    assert_eq!(
+        before, after,
+        "member lists keep flowing between agreeing views"
+    );
+}
