@@ -249,6 +249,8 @@ pub struct Node {
     view_fp: u64,
     /// Member lists we may still send this anti-entropy round.
     lists_left: u32,
+    /// The meet of the members' vectors for GC; `None` when one of them changed.
+    peers_floor: Option<sync::PeersFloor>,
 }
 
 impl Node {
@@ -293,6 +295,7 @@ impl Node {
             stats: NodeStats::default(),
             view_fp: view::id_hash(&me),
             lists_left: view::LISTS_PER_ROUND,
+            peers_floor: None,
         }
     }
 
@@ -525,6 +528,7 @@ impl Node {
             self.send(to.addr, Channel::Datagram, bytes);
         }
         while let Some(c) = self.rt.changes.pop_front() {
+            self.peers_floor = None;
             match c {
                 Change::Up(id) => {
                     let fresh = self.peers.get(&id.addr).is_none_or(|p| p.id != id);
