@@ -251,6 +251,9 @@ pub struct Node {
     lists_left: u32,
     /// The meet of the members' vectors for GC; `None` when one of them changed.
     peers_floor: Option<sync::PeersFloor>,
+    /// Some member's vector grew since `peers_floor` was computed (at this time).
+    floor_stale: bool,
+    floor_computed: Duration,
 }
 
 impl Node {
@@ -296,6 +299,8 @@ impl Node {
             view_fp: view::id_hash(&me),
             lists_left: view::LISTS_PER_ROUND,
             peers_floor: None,
+            floor_stale: false,
+            floor_computed: Duration::ZERO,
         }
     }
 

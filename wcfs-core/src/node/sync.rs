@@ -23,6 +23,22 @@ fn record_size(r: &Record) -> usize {
     r.path.as_bytes().len() + 2 + r.entries.len() * 10
 }
 
+/// GC passes a grown-stale floor of the members is kept before it is recomputed.
+const FLOOR_REFRESH_PASSES: u32 = 5;
+
+/// Whether `a` has seen everything `b` has (pointwise `a >= b`). Both maps are sorted by
+/// replica, so one walk does.
+fn covers(a: &VersionVector, b: &VersionVector) -> bool {
+    let mut ai = a.0.iter().peekable();
+    b.0.iter().all(|(r, s)| {
+        while ai.next_if(|(ar, _)| *ar < r).is_some() {}
+        *s == 0
+            || ai
+                .next_if(|(ar, _)| *ar == r)
+                .is_some_and(|(_, av)| av >= s)
+    })
+}
+
 /// The meet of the members' version vectors, for GC.
 pub(super) enum PeersFloor {
     /// Some member's vector is unknown: nothing may be collected.
@@ -123,13 +139,10 @@ impl Node {
                 if h == hash {
                     // Same digest: nothing to exchange, and we now know its vector (GC needs
                     // every member's); echo once so the sender learns ours too.
-                    if self.peers.contains_key(&from) {
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.behind = 0;
                         let vv = self.my_digest_ref().0.vv.clone();
-                        if let Some(p) = self.peers.get_mut(&from) {
-                            p.behind = 0;
-                            p.vv = Some(vv);
-                        }
-                        self.peers_floor = None;
+                        self.set_peer_vv(from, vv);
                     }
                     if !echo {
                         let m = Message::Summary {
@@ -206,8 +219,7 @@ impl Node {
         };
         if let Some(p) = self.peers.get_mut(&from) {
             p.behind = behind;
-            p.vv = Some(digest.vv);
-            self.peers_floor = None;
+            self.set_peer_vv(from, digest.vv);
         }
         let Some(mut chunk) = chunk else {
             self.serve_snapshot(from, None);
@@ -307,11 +319,18 @@ impl Node {
         if self.departed.len() != before {
             self.peers_floor = None;
         }
-        // What every member (and every member departed within the grace) has seen, kept
-        // until one of their vectors changes: at a hundred members, recomputing it on every
-        // pass of every node was a fifth of the simulator's time.
-        if self.peers_floor.is_none() {
+        // What every member (and every member departed within the grace) has seen. Vectors
+        // only grow, so a floor computed earlier is still below all of them (it only collects
+        // less): it is kept for a few passes while vectors grow, and dropped at once when
+        // membership changes or a vector goes down. At a hundred members recomputing it on
+        // every pass of every node was a fifth of the simulator's time.
+        let refresh = self.peers_floor.is_none()
+            || (self.floor_stale
+                && now >= self.floor_computed + self.cfg.gc_interval * FLOOR_REFRESH_PASSES);
+        if refresh {
             self.peers_floor = Some(self.compute_peers_floor());
+            self.floor_computed = now;
+            self.floor_stale = false;
         }
         let Some(peers_floor) = &self.peers_floor else {
             return;
@@ -325,6 +344,19 @@ impl Node {
         };
         let freed = self.table.gc(&floor);
         self.stats.paths_collected += freed as u64;
+    }
+
+    /// Records `from`'s latest version vector.
+    fn set_peer_vv(&mut self, from: SocketAddr, vv: VersionVector) {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if p.vv.as_ref().is_some_and(|old| covers(&vv, old)) {
+            self.floor_stale = true;
+        } else {
+            self.peers_floor = None;
+        }
+        p.vv = Some(vv);
     }
 
     fn compute_peers_floor(&self) -> PeersFloor {
@@ -545,6 +577,29 @@ impl Node {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "snapshot refused"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dot::ReplicaId;
+    use proptest::prelude::*;
+
+    fn vv(m: std::collections::BTreeMap<u64, u64>) -> VersionVector {
+        VersionVector(m.into_iter().map(|(r, s)| (ReplicaId(r), s)).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn covers_is_pointwise_at_least(
+            a in proptest::collection::btree_map(0u64..10, 0u64..4, 0..8),
+            b in proptest::collection::btree_map(0u64..10, 0u64..4, 0..8),
+        ) {
+            let (a, b) = (vv(a), vv(b));
+            let want = b.0.iter().all(|(r, s)| a.get(*r) >= *s);
+            prop_assert_eq!(covers(&a, &b), want);
         }
     }
 }
