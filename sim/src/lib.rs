@@ -26,6 +26,9 @@ const MS: Micros = 1000;
 const SEC: Micros = 1_000_000;
 /// Group commit period of every node's journal (an fsync on a fast SSD).
 pub const COMMIT_INTERVAL: Micros = 1000;
+/// Largest datagram payload QUIC carries on a path with its minimum MTU (1200 bytes less
+/// the short header, the AEAD tag and the frame header); larger ones are refused.
+pub const MAX_DATAGRAM: usize = 1150;
 /// The wire type byte of a member list message (after the 4-byte magic and the version).
 const MEMBERS_TYPE: u8 = 7;
 
@@ -228,6 +231,8 @@ pub struct Counters {
     pub net_dropped: u64,
     /// Packets dropped at a full inbound queue.
     pub inbound_dropped: u64,
+    /// Datagrams refused for being larger than [`MAX_DATAGRAM`].
+    pub oversize_dropped: u64,
     /// Sync bytes sent (SWIM excluded).
     pub sync_bytes: u64,
     /// Sync messages sent (SWIM excluded).
@@ -517,6 +522,10 @@ impl Sim {
             return;
         }
         let stream = bytes.get(5) != Some(&0);
+        if !stream && bytes.len() > MAX_DATAGRAM {
+            self.counters.oversize_dropped += 1;
+            return;
+        }
         let mut retrans = 0;
         while self.rand_f() < self.net.loss {
             retrans += 1;

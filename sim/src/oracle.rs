@@ -284,8 +284,9 @@ pub fn check(sim: &Sim) -> Report {
             unreached
         ),
         format!(
-            "net_dropped={} inbound_dropped={} sync_bytes={} sync_msgs={} swim_bytes={} member_list_bytes={}",
+            "net_dropped={} oversize_dropped={} inbound_dropped={} sync_bytes={} sync_msgs={} swim_bytes={} member_list_bytes={}",
             c.net_dropped,
+            c.oversize_dropped,
             c.inbound_dropped,
             c.sync_bytes,
             c.sync_msgs,

@@ -85,6 +85,11 @@ impl Config {
     pub fn new(cluster_size: u32) -> Config {
         let mut swim =
             foca::Config::new_lan(NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN));
+        // SWIM packets travel as QUIC datagrams, whose payload is at most about 1150 bytes on
+        // a path with QUIC's minimum MTU of 1200 (foca's LAN default of 1400 would be refused
+        // as too large, once the packet is full of piggybacked updates). Our header adds 6.
+        swim.max_packet_size =
+            std::num::NonZeroUsize::new(SWIM_MAX_PACKET).unwrap_or(std::num::NonZeroUsize::MIN);
         // Members that come back under a new generation are renamed; down ones are forgotten
         // after a while so the member list stays bounded.
         swim.remove_down_after = Some(Duration::from_secs(60));
@@ -185,6 +190,9 @@ pub struct NodeStats {
     /// Member lists sent (membership anti-entropy).
     pub member_lists_sent: u64,
 }
+
+/// Largest SWIM packet foca may build; with our 6-byte header it fits any QUIC datagram.
+pub const SWIM_MAX_PACKET: usize = 1100;
 
 /// Most events kept unpolled; past it they are dropped for one [`Event::Overflow`].
 const MAX_EVENTS: usize = 1 << 16;
