@@ -288,6 +288,10 @@ fn strip_removals(bytes: Vec<u8>) -> Vec<u8> {
             recs.retain(|r| !r.is_tombstone());
             Message::Push(recs).encode()
         }
+        Ok(Message::AckedPush { id, mut records }) => {
+            records.retain(|r| !r.is_tombstone());
+            Message::AckedPush { id, records }.encode()
+        }
         Ok(Message::Records {
             complete,
             mut items,
@@ -382,6 +386,7 @@ impl Sim {
         let mut cfg = Config::new(self.opts.nodes as u32);
         cfg.seeds = (0..self.opts.nodes.min(3)).map(addr_of).collect();
         cfg.anti_entropy = !self.opts.no_anti_entropy;
+        cfg.push_acks = self.opts.push_acks;
         cfg.report_applied = true;
         cfg.ae_interval = Duration::from_micros(self.opts.ae_interval);
         cfg.gc_grace = Duration::from_micros(self.opts.gc_grace);
@@ -485,7 +490,8 @@ impl Sim {
             self.transmit(i, to, t.bytes);
         }
         if let Some(t) = timeout {
-            let t = (t.as_micros() as u64).max(now);
+            // Rounded up: a deadline between two microseconds is not due at the earlier one.
+            let t = (t.as_nanos().div_ceil(1000) as u64).max(now);
             let sn = &mut self.nodes[i];
             if sn.timer_at.is_none_or(|cur| t < cur || cur < now) {
                 sn.timer_at = Some(t);

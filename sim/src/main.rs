@@ -29,9 +29,13 @@ struct Cli {
     /// Mean anti-entropy interval, ms (default 200).
     #[arg(long)]
     ae_ms: Option<u64>,
-    /// In lossy runs, lose sync messages like datagrams (no QUIC retransmission).
+    /// In lossy runs, lose sync messages like datagrams (no QUIC retransmission); pushes are
+    /// then acked and sent again until acked, unless --no-push-acks.
     #[arg(long)]
     raw_loss: bool,
+    /// With --raw-loss: no push acks (anti-entropy alone repairs).
+    #[arg(long)]
+    no_push_acks: bool,
     /// Disable anti-entropy (the checker must then report the damage).
     #[arg(long)]
     no_anti_entropy: bool,
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     }
     opts.no_anti_entropy = cli.no_anti_entropy;
     opts.raw_stream_loss = cli.raw_loss;
+    opts.push_acks = cli.raw_loss && !cli.no_push_acks;
     if let Some(ms) = cli.ae_ms {
         opts.ae_interval = ms.max(1) * 1000;
     }

@@ -8,6 +8,7 @@
 //! randomness comes from the seed given at construction. Nothing here reads a clock, the OS's
 //! randomness, or touches a socket, so the simulator runs exactly the production code.
 
+mod acks;
 mod membership;
 mod peer;
 mod sync;
@@ -73,6 +74,10 @@ pub struct Config {
     /// Whether anti-entropy runs. Always `true` in production; the simulator turns it off to
     /// prove its checker notices the loss.
     pub anti_entropy: bool,
+    /// Whether pushes are acknowledged and sent again until they are (see [`Message::AckedPush`]).
+    /// For transports that lose sync messages; over QUIC streams pushes are reliable already,
+    /// so the default is `false`.
+    pub push_acks: bool,
     /// Whether to emit [`Event::Applied`] (the simulator measures propagation with it).
     pub report_applied: bool,
     /// Whether to emit [`Event::Merged`] for every remote record that brought new dots (the
@@ -117,6 +122,7 @@ impl Config {
             seed_retry: Duration::from_secs(1),
             swim,
             anti_entropy: true,
+            push_acks: false,
             report_applied: false,
             report_merged: false,
         }
@@ -189,6 +195,8 @@ pub struct NodeStats {
     pub paths_collected: u64,
     /// Member lists sent (membership anti-entropy).
     pub member_lists_sent: u64,
+    /// Pushes sent again for want of an ack (with [`Config::push_acks`]).
+    pub push_retransmits: u64,
 }
 
 /// Largest SWIM packet foca may build; with our 6-byte header it fits any QUIC datagram.
@@ -259,6 +267,8 @@ pub struct Node {
     lists_left: u32,
     /// The meet of the members' vectors for GC; `None` when one of them changed.
     peers_floor: Option<sync::PeersFloor>,
+    /// Pushes awaiting acks (with [`Config::push_acks`]).
+    acks: acks::Acks,
     /// Some member's vector grew since `peers_floor` was computed (at this time).
     floor_stale: bool,
     floor_computed: Duration,
@@ -307,6 +317,7 @@ impl Node {
             view_fp: view::id_hash(&me),
             lists_left: view::LISTS_PER_ROUND,
             peers_floor: None,
+            acks: acks::Acks::default(),
             floor_stale: false,
             floor_computed: Duration::ZERO,
         }
@@ -424,6 +435,7 @@ impl Node {
         if self.push_deadline.is_some_and(|d| d <= now) {
             self.flush_push();
         }
+        self.retransmit_due();
         if now >= self.next_seed {
             self.next_seed = now + self.cfg.seed_retry;
             if self.peers.is_empty() {
@@ -457,6 +469,9 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Duration> {
         let mut t = self.next_ae.min(self.next_gc).min(self.next_seed);
         if let Some(d) = self.push_deadline {
+            t = t.min(d);
+        }
+        if let Some(d) = self.acks.next_deadline() {
             t = t.min(d);
         }
         if let Some((&(at, _), _)) = self.rt.timers.first_key_value() {

@@ -93,6 +93,11 @@ impl Node {
         if self.push_buf.is_empty() {
             return;
         }
+        if self.cfg.push_acks {
+            let records = std::mem::take(&mut self.push_buf);
+            self.push_acked(records);
+            return;
+        }
         let bytes = Message::Push(std::mem::take(&mut self.push_buf)).encode();
         let to: Vec<SocketAddr> = self.peers.keys().copied().collect();
         for addr in to {
@@ -110,6 +115,14 @@ impl Node {
                     self.merge_one(r, &[]);
                 }
             }
+            Message::AckedPush { id, records } => {
+                // Acked before merging: a refused record must not cost the sender retries.
+                self.send(from, Channel::Stream, Message::PushAck { id }.encode());
+                for r in &records {
+                    self.merge_one(r, &[]);
+                }
+            }
+            Message::PushAck { id } => self.on_push_ack(from, id),
             Message::Digest { reply, digest } => self.on_digest(from, reply, digest),
             Message::Records { complete, items } => {
                 for s in &items {

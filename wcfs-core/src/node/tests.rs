@@ -260,3 +260,38 @@ fn member_lists_stop_once_views_agree() {
         "member lists keep flowing between agreeing views"
     );
 }
+
+#[test]
+fn an_acked_push_lost_on_the_way_is_sent_again() {
+    for acks in [true, false] {
+        // No anti-entropy: only retransmission can repair the loss.
+        let mut net = Net::new(3, false);
+        for n in &mut net.nodes {
+            n.cfg.push_acks = acks;
+        }
+        net.run_until(Duration::from_secs(3));
+        net.cut = Some(2);
+        net.nodes[0].propose(&p("a"), Op::MarkRw).unwrap();
+        net.nodes[0].mark_durable(1);
+        net.drain(0);
+        let t = net.now;
+        net.run_until(t + Duration::from_millis(1));
+        net.cut = None;
+        net.run_until(t + Duration::from_millis(100));
+        let want = if acks {
+            crate::table::Resolution::Rw
+        } else {
+            crate::table::Resolution::Ro
+        };
+        assert_eq!(
+            net.nodes[1].table().resolve(&p("a")),
+            crate::table::Resolution::Rw
+        );
+        assert_eq!(net.nodes[2].table().resolve(&p("a")), want, "acks={acks}");
+        if acks {
+            assert!(net.nodes[0].stats().push_retransmits >= 1);
+            // Everything acked: nothing left to send again.
+            assert!(net.nodes[0].acks.next_deadline().is_none());
+        }
+    }
+}

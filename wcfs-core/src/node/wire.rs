@@ -90,6 +90,20 @@ pub enum Message {
         /// receiver that sees another set answers with [`Message::Members`].
         view: u64,
     },
+    /// Fresh local records, pushed with [`Config::push_acks`](super::Config::push_acks): the
+    /// receiver answers [`Message::PushAck`] with the same `id`, and the sender sends it again
+    /// after a timeout until it does (for transports that lose messages).
+    AckedPush {
+        /// The sender's batch number.
+        id: u64,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// The [`Message::AckedPush`] `id` arrived.
+    PushAck {
+        /// Its batch number.
+        id: u64,
+    },
     /// Membership anti-entropy: the sender's member list (SWIM member records, opaque here),
     /// sent when two nodes' views differ. SWIM's gossip alone takes many seconds to tell
     /// every node of a large cluster about every member, and a pusher does not push to a
@@ -181,6 +195,18 @@ impl Message {
                 w.u8(u8::from(*echo));
                 w.u64(*view);
             }
+            Message::AckedPush { id, records } => {
+                w.u8(8);
+                w.varint(*id);
+                w.varint(records.len() as u64);
+                for r in records {
+                    r.encode(&mut w);
+                }
+            }
+            Message::PushAck { id } => {
+                w.u8(9);
+                w.varint(*id);
+            }
             Message::Members { reply, list } => {
                 w.u8(7);
                 w.u8(u8::from(*reply));
@@ -269,6 +295,16 @@ impl Message {
                 reply: get_bool(&mut r)?,
                 list: r.bytes(MAX_MEMBER_BYTES)?.to_vec(),
             },
+            8 => {
+                let id = r.varint()?;
+                let n = r.count(MAX_ITEMS)?;
+                let mut records = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    records.push(Record::decode(&mut r)?);
+                }
+                Message::AckedPush { id, records }
+            }
+            9 => Message::PushAck { id: r.varint()? },
             t => return Err(WireError::Type(t)),
         };
         if !r.is_empty() {
@@ -366,6 +402,11 @@ mod tests {
                 reply: true,
                 list: vec![1, 2, 3],
             },
+            Message::AckedPush {
+                id: 300,
+                records: vec![rec("d", 3)],
+            },
+            Message::PushAck { id: 300 },
         ]
     }
 
@@ -403,7 +444,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decoding_any_bytes_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..300), t in 0u8..9) {
+        fn decoding_any_bytes_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..300), t in 0u8..11) {
             let mut b = MAGIC.to_vec();
             b.push(VERSION);
             b.push(t);
