@@ -9,7 +9,6 @@
 pub mod oracle;
 pub mod scenario;
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -130,28 +129,9 @@ enum Ev {
     Probe,
 }
 
-struct Queued {
-    at: Micros,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
+/// A scheduled event's place in the queue: its payload waits in [`Sim::slab`], so the heap
+/// moves 24-byte keys instead of whole events. Ordered by (time, sequence), earliest first.
+type Key = std::cmp::Reverse<(Micros, u64, u32)>;
 
 /// What a node has on disk: a checkpoint of its table (rewritten periodically, atomically)
 /// and the journal of its own mutations since, durable up to `synced`.
@@ -254,7 +234,10 @@ pub struct Sim {
     pub opts: Opts,
     now: Micros,
     seq: u64,
-    queue: BinaryHeap<Queued>,
+    queue: BinaryHeap<Key>,
+    /// Payloads of queued events, by slot; `free` lists the empty slots.
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     rng: SimpleRng,
     net: NetModel,
     partition: Partition,
@@ -340,6 +323,8 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             rng,
             net: NetModel::default(),
             partition: Partition::None,
@@ -361,11 +346,17 @@ impl Sim {
 
     fn at(&mut self, at: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Queued {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        let slot = match self.free.pop() {
+            Some(k) => {
+                self.slab[k as usize] = Some(ev);
+                k
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.queue.push(std::cmp::Reverse((at, self.seq, slot)));
     }
 
     /// Schedules a fault at `at`.
@@ -852,13 +843,17 @@ impl Sim {
             self.at(SEC, Ev::Checkpoint);
         }
         self.at(self.work_end.max(self.last_heal), Ev::Probe);
-        while let Some(q) = self.queue.pop() {
-            if q.at > end {
+        while let Some(std::cmp::Reverse((at, _, slot))) = self.queue.pop() {
+            if at > end {
                 break;
             }
-            self.now = q.at;
+            let Some(ev) = self.slab[slot as usize].take() else {
+                continue;
+            };
+            self.free.push(slot);
+            self.now = at;
             self.counters.events += 1;
-            match q.ev {
+            match ev {
                 Ev::Deliver { to, from, bytes } => {
                     let sn = &mut self.nodes[to];
                     if sn.life != Life::Up {
