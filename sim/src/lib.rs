@@ -9,7 +9,6 @@
 pub mod oracle;
 pub mod scenario;
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +25,11 @@ const MS: Micros = 1000;
 const SEC: Micros = 1_000_000;
 /// Group commit period of every node's journal (an fsync on a fast SSD).
 pub const COMMIT_INTERVAL: Micros = 1000;
+/// Largest datagram payload QUIC carries on a path with its minimum MTU (1200 bytes less
+/// the short header, the AEAD tag and the frame header); larger ones are refused.
+pub const MAX_DATAGRAM: usize = 1150;
+/// The wire type byte of a member list message (after the 4-byte magic and the version).
+const MEMBERS_TYPE: u8 = 7;
 
 /// Network conditions, changeable by faults.
 #[derive(Clone, Debug)]
@@ -125,28 +129,9 @@ enum Ev {
     Probe,
 }
 
-struct Queued {
-    at: Micros,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
+/// A scheduled event's place in the queue: its payload waits in [`Sim::slab`], so the heap
+/// moves 24-byte keys instead of whole events. Ordered by (time, sequence), earliest first.
+type Key = std::cmp::Reverse<(Micros, u64, u32)>;
 
 /// What a node has on disk: a checkpoint of its table (rewritten periodically, atomically)
 /// and the journal of its own mutations since, durable up to `synced`.
@@ -212,6 +197,9 @@ pub struct Mutation {
     pub lost: bool,
     /// Per node, when it first learned the mutation (`Micros::MAX`: not yet).
     reached: Vec<Micros>,
+    /// Running nodes the origin did not list as members when it proposed (its push
+    /// cannot reach them; they learn the mutation some other way).
+    pub unknown_at_origin: Vec<usize>,
 }
 
 /// Totals over a run.
@@ -223,12 +211,17 @@ pub struct Counters {
     pub net_dropped: u64,
     /// Packets dropped at a full inbound queue.
     pub inbound_dropped: u64,
+    /// Datagrams refused for being larger than [`MAX_DATAGRAM`].
+    pub oversize_dropped: u64,
     /// Sync bytes sent (SWIM excluded).
     pub sync_bytes: u64,
     /// Sync messages sent (SWIM excluded).
     pub sync_msgs: u64,
     /// SWIM bytes sent.
     pub swim_bytes: u64,
+    /// Membership anti-entropy (member list) bytes sent: membership traffic like SWIM, so
+    /// kept out of the sync figures too.
+    pub member_list_bytes: u64,
     /// Crashes.
     pub crashes: u64,
     /// Snapshot installs.
@@ -241,7 +234,10 @@ pub struct Sim {
     pub opts: Opts,
     now: Micros,
     seq: u64,
-    queue: BinaryHeap<Queued>,
+    queue: BinaryHeap<Key>,
+    /// Payloads of queued events, by slot; `free` lists the empty slots.
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     rng: SimpleRng,
     net: NetModel,
     partition: Partition,
@@ -274,6 +270,10 @@ fn strip_removals(bytes: Vec<u8>) -> Vec<u8> {
         Ok(Message::Push(mut recs)) => {
             recs.retain(|r| !r.is_tombstone());
             Message::Push(recs).encode()
+        }
+        Ok(Message::AckedPush { id, mut records }) => {
+            records.retain(|r| !r.is_tombstone());
+            Message::AckedPush { id, records }.encode()
         }
         Ok(Message::Records {
             complete,
@@ -323,6 +323,8 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             rng,
             net: NetModel::default(),
             partition: Partition::None,
@@ -344,11 +346,17 @@ impl Sim {
 
     fn at(&mut self, at: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Queued {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        let slot = match self.free.pop() {
+            Some(k) => {
+                self.slab[k as usize] = Some(ev);
+                k
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.queue.push(std::cmp::Reverse((at, self.seq, slot)));
     }
 
     /// Schedules a fault at `at`.
@@ -369,6 +377,7 @@ impl Sim {
         let mut cfg = Config::new(self.opts.nodes as u32);
         cfg.seeds = (0..self.opts.nodes.min(3)).map(addr_of).collect();
         cfg.anti_entropy = !self.opts.no_anti_entropy;
+        cfg.push_acks = self.opts.push_acks;
         cfg.report_applied = true;
         cfg.ae_interval = Duration::from_micros(self.opts.ae_interval);
         cfg.gc_grace = Duration::from_micros(self.opts.gc_grace);
@@ -464,6 +473,8 @@ impl Sim {
             let swim = t.bytes.get(5) == Some(&0);
             if swim {
                 self.counters.swim_bytes += t.bytes.len() as u64;
+            } else if t.bytes.get(5) == Some(&MEMBERS_TYPE) {
+                self.counters.member_list_bytes += t.bytes.len() as u64;
             } else {
                 self.counters.sync_bytes += t.bytes.len() as u64;
                 self.counters.sync_msgs += 1;
@@ -471,7 +482,8 @@ impl Sim {
             self.transmit(i, to, t.bytes);
         }
         if let Some(t) = timeout {
-            let t = (t.as_micros() as u64).max(now);
+            // Rounded up: a deadline between two microseconds is not due at the earlier one.
+            let t = (t.as_nanos().div_ceil(1000) as u64).max(now);
             let sn = &mut self.nodes[i];
             if sn.timer_at.is_none_or(|cur| t < cur || cur < now) {
                 sn.timer_at = Some(t);
@@ -508,6 +520,10 @@ impl Sim {
             return;
         }
         let stream = bytes.get(5) != Some(&0);
+        if !stream && bytes.len() > MAX_DATAGRAM {
+            self.counters.oversize_dropped += 1;
+            return;
+        }
         let mut retrans = 0;
         while self.rand_f() < self.net.loss {
             retrans += 1;
@@ -632,11 +648,18 @@ impl Sim {
             return;
         };
         let dot = e.dot;
+        let known: std::collections::BTreeSet<SocketAddr> =
+            node.members().iter().map(|m| m.addr).collect();
         sn.disk.journal.push(rec.clone());
         let m = self.muts.len();
         sn.pending_ack.push(m);
         let mut reached = vec![Micros::MAX; nn];
         reached[i] = self.now;
+        let unknown_at_origin: Vec<usize> = (0..nn)
+            .filter(|&j| {
+                j != i && self.nodes[j].life == Life::Up && !known.contains(&self.nodes[j].addr)
+            })
+            .collect();
         self.muts.push(Mutation {
             origin: i,
             dot,
@@ -647,6 +670,7 @@ impl Sim {
             acked: false,
             lost: false,
             reached,
+            unknown_at_origin,
         });
         self.by_dot.insert(dot, m);
     }
@@ -820,13 +844,17 @@ impl Sim {
             self.at(SEC, Ev::Checkpoint);
         }
         self.at(self.work_end.max(self.last_heal), Ev::Probe);
-        while let Some(q) = self.queue.pop() {
-            if q.at > end {
+        while let Some(std::cmp::Reverse((at, _, slot))) = self.queue.pop() {
+            if at > end {
                 break;
             }
-            self.now = q.at;
+            let Some(ev) = self.slab[slot as usize].take() else {
+                continue;
+            };
+            self.free.push(slot);
+            self.now = at;
             self.counters.events += 1;
-            match q.ev {
+            match ev {
                 Ev::Deliver { to, from, bytes } => {
                     let sn = &mut self.nodes[to];
                     if sn.life != Life::Up {

@@ -29,15 +29,32 @@ struct Cli {
     /// Mean anti-entropy interval, ms (default 200).
     #[arg(long)]
     ae_ms: Option<u64>,
-    /// In lossy runs, lose sync messages like datagrams (no QUIC retransmission).
+    /// In lossy runs, lose sync messages like datagrams (no QUIC retransmission); pushes are
+    /// then acked and sent again until acked, unless --no-push-acks.
     #[arg(long)]
     raw_loss: bool,
+    /// With --raw-loss: no push acks (anti-entropy alone repairs).
+    #[arg(long)]
+    no_push_acks: bool,
     /// Disable anti-entropy (the checker must then report the damage).
     #[arg(long)]
     no_anti_entropy: bool,
     /// Also print a JSON summary line.
     #[arg(long)]
     json: bool,
+}
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`; `None` where
+/// that is unavailable. The machine may be shared, so events per CPU second is the honest
+/// speed figure, not events per wall second.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI in use.
+    Some(ticks / 100.0)
 }
 
 fn main() -> ExitCode {
@@ -55,13 +72,19 @@ fn main() -> ExitCode {
     }
     opts.no_anti_entropy = cli.no_anti_entropy;
     opts.raw_stream_loss = cli.raw_loss;
+    opts.push_acks = cli.raw_loss && !cli.no_push_acks;
     if let Some(ms) = cli.ae_ms {
         opts.ae_interval = ms.max(1) * 1000;
     }
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
     let sim = Sim::new(opts);
     let (report, log) = sim.run_with_log();
     let wall = started.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => wall,
+    };
     for l in &log {
         println!("{l}");
     }
@@ -95,9 +118,10 @@ fn main() -> ExitCode {
         );
     }
     eprintln!(
-        "wall={wall:.2}s events={} events_per_sec={:.0}",
+        "wall={wall:.2}s cpu={cpu:.2}s events={} events_per_sec={:.0} events_per_cpu_sec={:.0}",
         report.events,
-        report.events as f64 / wall.max(1e-9)
+        report.events as f64 / wall.max(1e-9),
+        report.events as f64 / cpu.max(1e-9)
     );
     println!("{}", report.result_line());
     if report.violations.is_empty() && report.converged {

@@ -245,6 +245,20 @@ pub fn check(sim: &Sim) -> Report {
         .filter_map(|m| sim.latency_of(m, &healthy))
         .collect();
     hlat.sort_unstable();
+    // How the slow deliveries arrived: pairs (mutation, node) that took over 20 ms, and of
+    // those, the ones whose node the origin did not list as a member (it could not push).
+    let (mut slow, mut slow_unknown, mut unknown) = (0u64, 0u64, 0u64);
+    for m in sim.muts.iter().filter(|m| !m.lost) {
+        unknown += m.unknown_at_origin.len() as u64;
+        for (j, &t) in m.reached.iter().enumerate() {
+            if t != Micros::MAX && t - m.at > 20_000 {
+                slow += 1;
+                if m.unknown_at_origin.contains(&j) {
+                    slow_unknown += 1;
+                }
+            }
+        }
+    }
     let nodes = sim.node_count();
     let muts = sim.muts.len().max(1) as f64;
     let c = &sim.counters;
@@ -270,8 +284,17 @@ pub fn check(sim: &Sim) -> Report {
             unreached
         ),
         format!(
-            "net_dropped={} inbound_dropped={} sync_bytes={} sync_msgs={} swim_bytes={}",
-            c.net_dropped, c.inbound_dropped, c.sync_bytes, c.sync_msgs, c.swim_bytes
+            "net_dropped={} oversize_dropped={} inbound_dropped={} sync_bytes={} sync_msgs={} swim_bytes={} member_list_bytes={}",
+            c.net_dropped,
+            c.oversize_dropped,
+            c.inbound_dropped,
+            c.sync_bytes,
+            c.sync_msgs,
+            c.swim_bytes,
+            c.member_list_bytes
+        ),
+        format!(
+            "deliveries_over_20ms={slow} of_which_unknown_to_origin={slow_unknown} pairs_unknown_to_origin={unknown}"
         ),
         format!(
             "healthy_nodes={} healthy_p50_ms={:.3} healthy_p99_ms={:.3} healthy_max_ms={:.3}",

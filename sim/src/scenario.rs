@@ -90,6 +90,9 @@ pub struct Opts {
     /// Sync messages are lost like datagrams instead of retransmitted (QUIC off): only
     /// anti-entropy repairs them.
     pub raw_stream_loss: bool,
+    /// Whether nodes ack pushes and send them again until acked (`Config::push_acks`); the
+    /// CLI turns it on with `--raw-loss`, since then nothing else retransmits.
+    pub push_acks: bool,
     /// How long a member declared down still holds GC back, µs.
     pub gc_grace: Micros,
     /// A planted bug: node 0's merge ignores removals (tombstone records are stripped from
@@ -127,6 +130,7 @@ impl Opts {
             late_joiners: Vec::new(),
             bug_ignore_removals: false,
             raw_stream_loss: false,
+            push_acks: false,
             warmup: if nodes > 200 { 5 * SEC } else { SEC },
             // Crash-restart uses a short grace so a long outage exercises snapshot resets.
             gc_grace: if scenario == Scenario::CrashRestart {

@@ -88,7 +88,21 @@ fn dropped_anti_entropy_under_loss_is_caught() {
 fn anti_entropy_alone_repairs_raw_loss() {
     let mut o = small(Scenario::Lossy, 2);
     o.raw_stream_loss = true;
+    o.push_acks = false;
     run_ok(o);
+}
+
+#[test]
+fn acked_pushes_beat_raw_loss_within_one_anti_entropy_interval() {
+    for seed in [1, 2] {
+        let mut o = small(Scenario::Lossy, seed);
+        o.raw_stream_loss = true;
+        o.push_acks = true;
+        let bound_ms = (o.ae_interval / 1000 + 10) as f64;
+        let r = Sim::new(o).run();
+        assert!(r.violations.is_empty() && r.converged, "{:?}", r.violations);
+        assert!(r.p99_ms <= bound_ms, "seed {seed}: {}", r.result_line());
+    }
 }
 
 #[test]

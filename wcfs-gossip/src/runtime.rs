@@ -981,6 +981,7 @@ mod tests {
             Message::Summary {
                 hash: 1,
                 echo: false,
+                view: 2,
             },
             Message::SnapReq { id: 1, offset: 0 },
         ];

@@ -8,9 +8,11 @@
 //! randomness comes from the seed given at construction. Nothing here reads a clock, the OS's
 //! randomness, or touches a socket, so the simulator runs exactly the production code.
 
+mod acks;
 mod membership;
 mod peer;
 mod sync;
+mod view;
 pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -74,6 +76,10 @@ pub struct Config {
     /// Whether anti-entropy runs. Always `true` in production; the simulator turns it off to
     /// prove its checker notices the loss.
     pub anti_entropy: bool,
+    /// Whether pushes are acknowledged and sent again until they are (see [`Message::AckedPush`]).
+    /// For transports that lose sync messages; over QUIC streams pushes are reliable already,
+    /// so the default is `false`.
+    pub push_acks: bool,
     /// Whether to emit [`Event::Applied`] (the simulator measures propagation with it).
     pub report_applied: bool,
     /// Whether to emit [`Event::Merged`] for every remote record that brought new dots (the
@@ -86,6 +92,11 @@ impl Config {
     pub fn new(cluster_size: u32) -> Config {
         let mut swim =
             foca::Config::new_lan(NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN));
+        // SWIM packets travel as QUIC datagrams, whose payload is at most about 1150 bytes on
+        // a path with QUIC's minimum MTU of 1200 (foca's LAN default of 1400 would be refused
+        // as too large, once the packet is full of piggybacked updates). Our header adds 6.
+        swim.max_packet_size =
+            std::num::NonZeroUsize::new(SWIM_MAX_PACKET).unwrap_or(std::num::NonZeroUsize::MIN);
         // Members that come back under a new generation are renamed; down ones are forgotten
         // after a while so the member list stays bounded.
         swim.remove_down_after = Some(Duration::from_secs(60));
@@ -113,6 +124,7 @@ impl Config {
             seed_retry: Duration::from_secs(1),
             swim,
             anti_entropy: true,
+            push_acks: false,
             report_applied: false,
             report_merged: false,
         }
@@ -183,6 +195,10 @@ pub struct NodeStats {
     pub records_merged: u64,
     /// GC passes that freed paths.
     pub paths_collected: u64,
+    /// Member lists sent (membership anti-entropy).
+    pub member_lists_sent: u64,
+    /// Pushes sent again for want of an ack (with [`Config::push_acks`]).
+    pub push_retransmits: u64,
 }
 
 /// What a node knows of one peer, for status output.
@@ -199,6 +215,9 @@ pub struct PeerInfo {
     /// Bytes queued for it in this node and not yet polled by the driver.
     pub queued: usize,
 }
+
+/// Largest SWIM packet foca may build; with our 6-byte header it fits any QUIC datagram.
+pub const SWIM_MAX_PACKET: usize = 1100;
 
 /// Most events kept unpolled; past it they are dropped for one [`Event::Overflow`].
 const MAX_EVENTS: usize = 1 << 16;
@@ -259,6 +278,17 @@ pub struct Node {
     snap_in: Option<SnapIn>,
     snap_out: Option<SnapOut>,
     stats: NodeStats,
+    /// XOR of [`view::id_hash`] over `peers` and ourselves.
+    view_fp: u64,
+    /// Member lists we may still send this anti-entropy round.
+    lists_left: u32,
+    /// The meet of the members' vectors for GC; `None` when one of them changed.
+    peers_floor: Option<sync::PeersFloor>,
+    /// Pushes awaiting acks (with [`Config::push_acks`]).
+    acks: acks::Acks,
+    /// Some member's vector grew since `peers_floor` was computed (at this time).
+    floor_stale: bool,
+    floor_computed: Duration,
 }
 
 impl Node {
@@ -301,6 +331,12 @@ impl Node {
             snap_in: None,
             snap_out: None,
             stats: NodeStats::default(),
+            view_fp: view::id_hash(&me),
+            lists_left: view::LISTS_PER_ROUND,
+            peers_floor: None,
+            acks: acks::Acks::default(),
+            floor_stale: false,
+            floor_computed: Duration::ZERO,
         }
     }
 
@@ -494,6 +530,7 @@ impl Node {
         if self.push_deadline.is_some_and(|d| d <= now) {
             self.flush_push();
         }
+        self.retransmit_due();
         if now >= self.next_seed {
             self.next_seed = now + self.cfg.seed_retry;
             if self.peers.is_empty() {
@@ -502,6 +539,7 @@ impl Node {
         }
         if now >= self.next_ae {
             self.next_ae = now + self.jitter(self.cfg.ae_interval);
+            self.lists_left = view::LISTS_PER_ROUND;
             if self.cfg.anti_entropy {
                 self.anti_entropy_round();
             }
@@ -526,6 +564,9 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Duration> {
         let mut t = self.next_ae.min(self.next_gc).min(self.next_seed);
         if let Some(d) = self.push_deadline {
+            t = t.min(d);
+        }
+        if let Some(d) = self.acks.next_deadline() {
             t = t.min(d);
         }
         if let Some((&(at, _), _)) = self.rt.timers.first_key_value() {
@@ -611,12 +652,16 @@ impl Node {
             self.send(to.addr, Channel::Datagram, bytes);
         }
         while let Some(c) = self.rt.changes.pop_front() {
+            self.peers_floor = None;
             match c {
                 Change::Up(id) => {
                     let fresh = self.peers.get(&id.addr).is_none_or(|p| p.id != id);
                     if fresh {
                         self.departed.remove(&id.addr);
-                        self.peers.insert(id.addr, Peer::new(id));
+                        if let Some(old) = self.peers.insert(id.addr, Peer::new(id)) {
+                            self.view_fp ^= view::id_hash(&old.id);
+                        }
+                        self.view_fp ^= view::id_hash(&id);
                         self.event(Event::MemberUp(id));
                     }
                 }
@@ -624,6 +669,7 @@ impl Node {
                     if self.peers.get(&id.addr).is_some_and(|p| p.id == id)
                         && let Some(p) = self.peers.remove(&id.addr)
                     {
+                        self.view_fp ^= view::id_hash(&p.id);
                         // It still counts for GC for a grace period: if it comes back (a
                         // partition heals) it merges instead of needing a reset.
                         const MAX_DEPARTED: usize = 1 << 16;

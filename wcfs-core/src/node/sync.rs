@@ -23,30 +23,57 @@ fn record_size(r: &Record) -> usize {
     r.path.as_bytes().len() + 2 + r.entries.len() * 10
 }
 
+/// GC passes a grown-stale floor of the members is kept before it is recomputed.
+const FLOOR_REFRESH_PASSES: u32 = 5;
+
+/// Whether `a` has seen everything `b` has (pointwise `a >= b`). Both maps are sorted by
+/// replica, so one walk does.
+fn covers(a: &VersionVector, b: &VersionVector) -> bool {
+    let mut ai = a.0.iter().peekable();
+    b.0.iter().all(|(r, s)| {
+        while ai.next_if(|(ar, _)| *ar < r).is_some() {}
+        *s == 0
+            || ai
+                .next_if(|(ar, _)| *ar == r)
+                .is_some_and(|(_, av)| av >= s)
+    })
+}
+
+/// The meet of the members' version vectors, for GC.
+pub(super) enum PeersFloor {
+    /// Some member's vector is unknown: nothing may be collected.
+    Unknown,
+    /// No members: our own vector is the floor.
+    Alone,
+    /// Their meet.
+    Known(VersionVector),
+}
+
 impl Node {
     /// Our digest as peers may see it: never claiming own mutations that are not durable
     /// yet. A peer that believed we had them could raise its GC floor past a seq that a crash
     /// makes us reuse, and then drop the new mutation as already collected.
     pub(super) fn my_digest(&mut self) -> Digest {
-        self.my_digest_and_hash().0
+        self.my_digest_ref().0.clone()
     }
 
-    fn my_digest_and_hash(&mut self) -> (Digest, u64) {
-        if let Some(c) = &self.digest_cache {
-            return c.clone();
+    /// The cached digest and its hash, rebuilt if something changed it (borrowed: summaries
+    /// need only the hash, and cloning a digest per message was a tenth of the simulator).
+    fn my_digest_ref(&mut self) -> &(Digest, u64) {
+        if self.digest_cache.is_none() {
+            let mut d = self.table.digest();
+            let me = self.me.replica;
+            if let Some(v) = d.vv.0.get_mut(&me) {
+                *v = (*v).min(self.durable);
+            }
+            if let Some(c) = d.cloud.get_mut(&me) {
+                c.retain(|s| *s <= self.durable);
+            }
+            d.cloud.retain(|_, c| !c.is_empty());
+            let h = super::wire::digest_hash(&d);
+            self.digest_cache = Some((d, h));
         }
-        let mut d = self.table.digest();
-        let me = self.me.replica;
-        if let Some(v) = d.vv.0.get_mut(&me) {
-            *v = (*v).min(self.durable);
-        }
-        if let Some(c) = d.cloud.get_mut(&me) {
-            c.retain(|s| *s <= self.durable);
-        }
-        d.cloud.retain(|_, c| !c.is_empty());
-        let h = super::wire::digest_hash(&d);
-        self.digest_cache = Some((d.clone(), h));
-        (d, h)
+        self.digest_cache.get_or_insert_default()
     }
 
     pub(super) fn queue_push(&mut self, rec: Record) {
@@ -66,6 +93,11 @@ impl Node {
         if self.push_buf.is_empty() {
             return;
         }
+        if self.cfg.push_acks {
+            let records = std::mem::take(&mut self.push_buf);
+            self.push_acked(records);
+            return;
+        }
         let bytes = Message::Push(std::mem::take(&mut self.push_buf)).encode();
         let to: Vec<SocketAddr> = self.peers.keys().copied().collect();
         for addr in to {
@@ -83,6 +115,14 @@ impl Node {
                     self.merge_one(r, &[]);
                 }
             }
+            Message::AckedPush { id, records } => {
+                // Acked before merging: a refused record must not cost the sender retries.
+                self.send(from, Channel::Stream, Message::PushAck { id }.encode());
+                for r in &records {
+                    self.merge_one(r, &[]);
+                }
+            }
+            Message::PushAck { id } => self.on_push_ack(from, id),
             Message::Digest { reply, digest } => self.on_digest(from, reply, digest),
             Message::Records { complete, items } => {
                 for s in &items {
@@ -103,19 +143,25 @@ impl Node {
                 data,
             } => self.on_snap_chunk(from, id, offset, total, data),
             Message::SnapReq { id, offset } => self.serve_snapshot(from, Some((id, offset))),
-            Message::Summary { hash, echo } => {
-                let (mine, h) = self.my_digest_and_hash();
+            Message::Members { reply, list } => self.on_members(from, reply, &list),
+            Message::Summary { hash, echo, view } => {
+                if !echo {
+                    self.on_peer_view(from, view);
+                }
+                let h = self.my_digest_ref().1;
                 if h == hash {
                     // Same digest: nothing to exchange, and we now know its vector (GC needs
                     // every member's); echo once so the sender learns ours too.
                     if let Some(p) = self.peers.get_mut(&from) {
                         p.behind = 0;
-                        p.vv = Some(mine.vv);
+                        let vv = self.my_digest_ref().0.vv.clone();
+                        self.set_peer_vv(from, vv);
                     }
                     if !echo {
                         let m = Message::Summary {
                             hash: h,
                             echo: true,
+                            view: self.view_fingerprint(),
                         };
                         self.send(from, Channel::Stream, m.encode());
                     }
@@ -127,6 +173,7 @@ impl Node {
                         let m = Message::Summary {
                             hash: h,
                             echo: true,
+                            view: self.view_fingerprint(),
                         };
                         self.send(from, Channel::Stream, m.encode());
                     }
@@ -169,19 +216,28 @@ impl Node {
     }
 
     fn on_digest(&mut self, from: SocketAddr, reply: bool, digest: Digest) {
-        let mine = self.my_digest();
-        if let Some(p) = self.peers.get_mut(&from) {
-            p.behind = mine.vv.total().saturating_sub(digest.vv.total());
-            p.vv = Some(digest.vv.clone());
-        }
+        let behind = self
+            .my_digest_ref()
+            .0
+            .vv
+            .total()
+            .saturating_sub(digest.vv.total());
         if reply && self.cfg.anti_entropy {
             self.start_pull(from, false);
         }
-        if self.table.needs_reset(&digest) {
+        let chunk = if self.table.needs_reset(&digest) {
+            None
+        } else {
+            Some(self.table.records_since(&digest, self.cfg.chunk_bytes))
+        };
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.behind = behind;
+            self.set_peer_vv(from, digest.vv);
+        }
+        let Some(mut chunk) = chunk else {
             self.serve_snapshot(from, None);
             return;
-        }
-        let mut chunk = self.table.records_since(&digest, self.cfg.chunk_bytes);
+        };
         let (me, durable) = (self.me.replica, self.durable);
         chunk.items.retain(|s| {
             s.record
@@ -259,8 +315,9 @@ impl Node {
             }
         }
         let bytes = Message::Summary {
-            hash: self.my_digest_and_hash().1,
+            hash: self.my_digest_ref().1,
             echo: false,
+            view: self.view_fingerprint(),
         }
         .encode();
         for a in picks {
@@ -269,24 +326,70 @@ impl Node {
     }
 
     pub(super) fn gc(&mut self) {
-        let mut vvs: Vec<VersionVector> = vec![self.table.version_vector()];
-        for p in self.peers.values() {
-            match &p.vv {
-                Some(v) => vvs.push(v.clone()),
-                None => return,
-            }
-        }
         let (now, grace) = (self.now, self.cfg.gc_grace);
+        let before = self.departed.len();
         self.departed.retain(|_, (since, _)| now < *since + grace);
-        for (_, vv) in self.departed.values() {
-            match vv {
-                Some(v) => vvs.push(v.clone()),
-                None => return,
-            }
+        if self.departed.len() != before {
+            self.peers_floor = None;
         }
-        let floor = VersionVector::meet(vvs.iter());
+        // What every member (and every member departed within the grace) has seen. Vectors
+        // only grow, so a floor computed earlier is still below all of them (it only collects
+        // less): it is kept for a few passes while vectors grow, and dropped at once when
+        // membership changes or a vector goes down. At a hundred members recomputing it on
+        // every pass of every node was a fifth of the simulator's time.
+        let refresh = self.peers_floor.is_none()
+            || (self.floor_stale
+                && now >= self.floor_computed + self.cfg.gc_interval * FLOOR_REFRESH_PASSES);
+        if refresh {
+            self.peers_floor = Some(self.compute_peers_floor());
+            self.floor_computed = now;
+            self.floor_stale = false;
+        }
+        let Some(peers_floor) = &self.peers_floor else {
+            return;
+        };
+        let own = self.table.version_vector();
+        let floor = match peers_floor {
+            // A member's vector is unknown: no GC yet.
+            PeersFloor::Unknown => return,
+            PeersFloor::Alone => own,
+            PeersFloor::Known(f) => VersionVector::meet([&own, f]),
+        };
         let freed = self.table.gc(&floor);
         self.stats.paths_collected += freed as u64;
+    }
+
+    /// Records `from`'s latest version vector.
+    fn set_peer_vv(&mut self, from: SocketAddr, vv: VersionVector) {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if p.vv.as_ref().is_some_and(|old| covers(&vv, old)) {
+            self.floor_stale = true;
+        } else {
+            self.peers_floor = None;
+        }
+        p.vv = Some(vv);
+    }
+
+    fn compute_peers_floor(&self) -> PeersFloor {
+        let mut vvs: Vec<&VersionVector> = Vec::with_capacity(self.peers.len());
+        let vectors = self
+            .peers
+            .values()
+            .map(|p| p.vv.as_ref())
+            .chain(self.departed.values().map(|(_, v)| v.as_ref()));
+        for v in vectors {
+            match v {
+                Some(v) => vvs.push(v),
+                None => return PeersFloor::Unknown,
+            }
+        }
+        if vvs.is_empty() {
+            PeersFloor::Alone
+        } else {
+            PeersFloor::Known(VersionVector::meet(vvs))
+        }
     }
 
     /// Sends snapshot pieces to `from`: from the start of a fresh transfer (`req` = `None`,
@@ -487,6 +590,29 @@ impl Node {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "snapshot refused"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dot::ReplicaId;
+    use proptest::prelude::*;
+
+    fn vv(m: std::collections::BTreeMap<u64, u64>) -> VersionVector {
+        VersionVector(m.into_iter().map(|(r, s)| (ReplicaId(r), s)).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn covers_is_pointwise_at_least(
+            a in proptest::collection::btree_map(0u64..10, 0u64..4, 0..8),
+            b in proptest::collection::btree_map(0u64..10, 0u64..4, 0..8),
+        ) {
+            let (a, b) = (vv(a), vv(b));
+            let want = b.0.iter().all(|(r, s)| a.get(*r) >= *s);
+            prop_assert_eq!(covers(&a, &b), want);
         }
     }
 }

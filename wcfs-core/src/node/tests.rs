@@ -231,7 +231,8 @@ fn claimed_sender_and_recipient_names() {
     let stranger: SocketAddr = "10.9.9.9:7000".parse().unwrap();
     assert_eq!(net.nodes[1].sender_name(stranger, &sync.bytes), None);
     // Garbage claims nothing (the node refuses it anyway).
-    assert_eq!(net.nodes[1].sender_name(addr(0), b"WCFS\x01\x00junk"), None);
+    let junk = [&b"WCFS"[..], &[super::wire::VERSION, 0], b"junk"].concat();
+    assert_eq!(net.nodes[1].sender_name(addr(0), &junk), None);
 }
 
 #[test]
@@ -247,4 +248,107 @@ fn an_announce_to_a_seed_expects_no_name() {
         net.nodes[0].sender_name(addr(1), &t.bytes),
         Some(NodeName::new("n1").unwrap())
     );
+}
+
+#[test]
+fn a_member_list_teaches_unknown_members_and_pushes_reach_them() {
+    let mut cfg = Config::new(3);
+    cfg.seeds = Vec::new();
+    let me = Identity {
+        addr: addr(0),
+        replica: ReplicaId(100),
+        generation: 0,
+        name: NodeName::new("n0").unwrap(),
+    };
+    let mut a = Node::new(cfg, me, Table::new(ReplicaId(100), 0), 1);
+    let other = |i: usize| {
+        foca::Member::new(
+            Identity {
+                addr: addr(i),
+                replica: ReplicaId(100 + i as u64),
+                generation: 0,
+                name: NodeName::new(&format!("n{i}")).unwrap(),
+            },
+            0,
+            foca::State::Alive,
+        )
+    };
+    let list = super::view::encode_list([other(1), other(2)].iter());
+    let t = Duration::from_millis(1);
+    a.handle(t, addr(1), &Message::Members { reply: true, list }.encode());
+    let known: Vec<SocketAddr> = a.members().iter().map(|m| m.addr).collect();
+    assert_eq!(known, vec![addr(1), addr(2)]);
+    // Asked for ours: answered with a list.
+    let mut answered = false;
+    while let Some(tx) = a.poll_transmit() {
+        if tx.to == addr(1)
+            && matches!(
+                Message::decode(&tx.bytes),
+                Ok(Message::Members { reply: false, .. })
+            )
+        {
+            answered = true;
+        }
+    }
+    assert!(answered, "no member list sent back");
+    a.propose(&p("x"), Op::MarkRw).unwrap();
+    a.mark_durable(1);
+    let mut pushed = Vec::new();
+    while let Some(tx) = a.poll_transmit() {
+        if matches!(Message::decode(&tx.bytes), Ok(Message::Push(_))) {
+            pushed.push(tx.to);
+        }
+    }
+    assert_eq!(pushed, vec![addr(1), addr(2)]);
+}
+
+#[test]
+fn member_lists_stop_once_views_agree() {
+    let mut net = Net::new(4, true);
+    net.run_until(Duration::from_secs(5));
+    for i in 0..4 {
+        assert_eq!(net.nodes[i].members().len(), 3, "node {i} knows everyone");
+    }
+    let before: u64 = net.nodes.iter().map(|n| n.stats().member_lists_sent).sum();
+    net.run_until(Duration::from_secs(10));
+    let after: u64 = net.nodes.iter().map(|n| n.stats().member_lists_sent).sum();
+    assert_eq!(
+        before, after,
+        "member lists keep flowing between agreeing views"
+    );
+}
+
+#[test]
+fn an_acked_push_lost_on_the_way_is_sent_again() {
+    for acks in [true, false] {
+        // No anti-entropy: only retransmission can repair the loss.
+        let mut net = Net::new(3, false);
+        for n in &mut net.nodes {
+            n.cfg.push_acks = acks;
+        }
+        net.run_until(Duration::from_secs(3));
+        net.cut = Some(2);
+        net.nodes[0].propose(&p("a"), Op::MarkRw).unwrap();
+        net.nodes[0].mark_durable(1);
+        net.drain(0);
+        let t = net.now;
+        net.run_until(t + Duration::from_millis(1));
+        net.cut = None;
+        net.run_until(t + Duration::from_millis(100));
+        let want = if acks {
+            crate::table::Resolution::Rw
+        } else {
+            crate::table::Resolution::Ro
+        };
+        assert_eq!(
+            net.nodes[1].table().resolve(&p("a")),
+            crate::table::Resolution::Rw
+        );
+        assert_eq!(net.nodes[2].table().resolve(&p("a")), want, "acks={acks}");
+        if acks {
+            assert!(net.nodes[0].stats().push_retransmits >= 1);
+            // Everything acked: nothing left to send again.
+            assert!(net.nodes[0].acks.next_deadline().is_none());
+        }
+    }
 }

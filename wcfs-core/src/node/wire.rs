@@ -11,13 +11,15 @@ use crate::table::{Digest, Shipped};
 /// First bytes of every message.
 pub const MAGIC: [u8; 4] = *b"WCFS";
 /// The format version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Most records one push or chunk message may carry.
 pub const MAX_ITEMS: usize = 65_536;
 /// Most superseded dots one shipped record may stand for.
 pub const MAX_ALSO: usize = 65_536;
 /// Largest snapshot piece one message may carry.
 pub const MAX_SNAPSHOT_PIECE: usize = 1 << 20;
+/// Largest encoded member list one message may carry.
+pub const MAX_MEMBER_BYTES: usize = 4 << 20;
 
 /// Why bytes are not a message we accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +86,33 @@ pub enum Message {
         hash: u64,
         /// An answer to a summary (never answered itself, so summaries cannot ping-pong).
         echo: bool,
+        /// A fingerprint of the set of members the sender sees as up (itself included). A
+        /// receiver that sees another set answers with [`Message::Members`].
+        view: u64,
+    },
+    /// Fresh local records, pushed with [`Config::push_acks`](super::Config::push_acks): the
+    /// receiver answers [`Message::PushAck`] with the same `id`, and the sender sends it again
+    /// after a timeout until it does (for transports that lose messages).
+    AckedPush {
+        /// The sender's batch number.
+        id: u64,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// The [`Message::AckedPush`] `id` arrived.
+    PushAck {
+        /// Its batch number.
+        id: u64,
+    },
+    /// Membership anti-entropy: the sender's member list (SWIM member records, opaque here),
+    /// sent when two nodes' views differ. SWIM's gossip alone takes many seconds to tell
+    /// every node of a large cluster about every member, and a pusher does not push to a
+    /// member it does not know.
+    Members {
+        /// Whether the receiver should answer with its own list.
+        reply: bool,
+        /// The encoded member records.
+        list: Vec<u8>,
     },
     /// Asks for the snapshot transfer `id` from `offset` on (resume or flow control).
     SnapReq {
@@ -160,10 +189,28 @@ impl Message {
                 w.u64(*id);
                 w.varint(*offset);
             }
-            Message::Summary { hash, echo } => {
+            Message::Summary { hash, echo, view } => {
                 w.u8(6);
                 w.u64(*hash);
                 w.u8(u8::from(*echo));
+                w.u64(*view);
+            }
+            Message::AckedPush { id, records } => {
+                w.u8(8);
+                w.varint(*id);
+                w.varint(records.len() as u64);
+                for r in records {
+                    r.encode(&mut w);
+                }
+            }
+            Message::PushAck { id } => {
+                w.u8(9);
+                w.varint(*id);
+            }
+            Message::Members { reply, list } => {
+                w.u8(7);
+                w.u8(u8::from(*reply));
+                w.bytes(list);
             }
         }
         w.into_bytes()
@@ -251,7 +298,22 @@ impl Message {
             6 => Message::Summary {
                 hash: r.u64()?,
                 echo: get_bool(&mut r)?,
+                view: r.u64()?,
             },
+            7 => Message::Members {
+                reply: get_bool(&mut r)?,
+                list: r.bytes(MAX_MEMBER_BYTES)?.to_vec(),
+            },
+            8 => {
+                let id = r.varint()?;
+                let n = r.count(MAX_ITEMS)?;
+                let mut records = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    records.push(Record::decode(&mut r)?);
+                }
+                Message::AckedPush { id, records }
+            }
+            9 => Message::PushAck { id: r.varint()? },
             t => return Err(WireError::Type(t)),
         };
         if !r.is_empty() {
@@ -343,7 +405,17 @@ mod tests {
             Message::Summary {
                 hash: 77,
                 echo: true,
+                view: 5,
             },
+            Message::Members {
+                reply: true,
+                list: vec![1, 2, 3],
+            },
+            Message::AckedPush {
+                id: 300,
+                records: vec![rec("d", 3)],
+            },
+            Message::PushAck { id: 300 },
         ]
     }
 
@@ -365,14 +437,23 @@ mod tests {
         let mut b = Message::SnapReq { id: 1, offset: 0 }.encode();
         b[4] = 9;
         let e = Message::decode(&b).unwrap_err();
-        assert_eq!(e, WireError::Version { got: 9, ours: 1 });
-        assert!(e.to_string().contains("version 9") && e.to_string().contains("version 1"));
+        assert_eq!(
+            e,
+            WireError::Version {
+                got: 9,
+                ours: VERSION
+            }
+        );
+        assert!(
+            e.to_string().contains("version 9")
+                && e.to_string().contains(&format!("version {VERSION}"))
+        );
         assert_eq!(Message::decode(b"HTTP/1.1"), Err(WireError::Magic));
     }
 
     proptest! {
         #[test]
-        fn decoding_any_bytes_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..300), t in 0u8..8) {
+        fn decoding_any_bytes_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..300), t in 0u8..11) {
             let mut b = MAGIC.to_vec();
             b.push(VERSION);
             b.push(t);

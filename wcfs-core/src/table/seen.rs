@@ -22,14 +22,26 @@ impl VersionVector {
         let Some(first) = it.next() else {
             return VersionVector::default();
         };
-        let mut out = first.clone();
-        for v in it {
-            out.0.retain(|r, s| {
-                *s = (*s).min(v.get(*r));
+        let Some(second) = it.next() else {
+            return first.clone();
+        };
+        // Both maps are sorted by replica: walk them side by side instead of looking every
+        // entry up (GC runs this over every member's vector each pass).
+        let mut out: Vec<(ReplicaId, u64)> = first.0.iter().map(|(r, s)| (*r, *s)).collect();
+        for v in std::iter::once(second).chain(it) {
+            let mut theirs = v.0.iter().peekable();
+            out.retain_mut(|(r, s)| {
+                let r = *r;
+                while theirs.next_if(|(tr, _)| **tr < r).is_some() {}
+                let t = theirs.next_if(|(tr, _)| **tr == r).map_or(0, |(_, ts)| *ts);
+                *s = (*s).min(t);
                 *s > 0
             });
+            if out.is_empty() {
+                break;
+            }
         }
-        out
+        VersionVector(out.into_iter().collect())
     }
     /// Sum of entries: a cheap "how much has this replica seen" used to rank peers.
     pub fn total(&self) -> u64 {
@@ -217,6 +229,32 @@ mod tests {
         #[test]
         fn digest_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Digest::decode(&mut Reader::new(&bytes));
+        }
+
+        #[test]
+        fn meet_is_the_pointwise_minimum(
+            vvs in proptest::collection::vec(
+                proptest::collection::btree_map(0u64..12, 0u64..5, 0..8), 0..5)
+        ) {
+            let vvs: Vec<VersionVector> = vvs
+                .into_iter()
+                .map(|m| VersionVector(m.into_iter().map(|(r, s)| (ReplicaId(r), s)).collect()))
+                .collect();
+            let got = VersionVector::meet(&vvs);
+            // The definition, written the slow way.
+            let want = match vvs.split_first() {
+                None => VersionVector::default(),
+                Some((first, [])) => first.clone(),
+                Some((first, rest)) => VersionVector(
+                    first
+                        .0
+                        .iter()
+                        .map(|(r, s)| (*r, rest.iter().map(|v| v.get(*r)).fold(*s, u64::min)))
+                        .filter(|(_, s)| *s > 0)
+                        .collect(),
+                ),
+            };
+            prop_assert_eq!(got, want);
         }
     }
 }

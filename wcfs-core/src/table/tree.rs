@@ -59,6 +59,11 @@ impl Node {
 
 /// A vector stored as fixed-size chunks: growth never copies or doubles, so capacity stays
 /// within one chunk of the length — at 10M entries a doubling `Vec` would waste up to half.
+/// The first chunk alone starts small and doubles up to the full chunk size (a table of a few
+/// paths, or a simulator running a thousand tables, must not hold megabytes each); indices
+/// map to chunks exactly as if every chunk were full, so names pad to the same boundaries
+/// and the snapshot layout does not depend on it. Invariant: every chunk but a lone first
+/// one is full size.
 #[derive(Clone, Debug)]
 pub(crate) struct Chunked<T: Pod, const SHIFT: u32> {
     pub chunks: Vec<Box<[T]>>,
@@ -76,6 +81,14 @@ impl<T: Pod, const SHIFT: u32> Default for Chunked<T, SHIFT> {
 
 impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
     const CHUNK: usize = 1 << SHIFT;
+    /// Size of a fresh first chunk.
+    const FIRST: usize = if Self::CHUNK >> 8 > 64 {
+        Self::CHUNK >> 8
+    } else if Self::CHUNK < 64 {
+        Self::CHUNK
+    } else {
+        64
+    };
 
     #[inline]
     pub fn get(&self, i: usize) -> &T {
@@ -87,12 +100,43 @@ impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
         debug_assert!(i < self.len);
         &mut self.chunks[i >> SHIFT][i & (Self::CHUNK - 1)]
     }
-    pub fn push(&mut self, v: T) -> usize {
-        let i = self.len;
-        if i >> SHIFT >= self.chunks.len() {
+    /// Makes indices `[0, end)` addressable (zeroed where new).
+    fn ensure(&mut self, end: usize) {
+        if end == 0 {
+            return;
+        }
+        let last = (end - 1) >> SHIFT;
+        let first_needs = if last >= 1 { Self::CHUNK } else { end };
+        match self.chunks.first_mut() {
+            None => {
+                let mut n = Self::FIRST;
+                while n < first_needs {
+                    n *= 2;
+                }
+                self.chunks
+                    .push(bytemuck::allocation::zeroed_slice_box(n.min(Self::CHUNK)));
+            }
+            Some(c0) if c0.len() < first_needs => {
+                let mut n = c0.len().max(1);
+                while n < first_needs {
+                    n *= 2;
+                }
+                let mut grown: Box<[T]> =
+                    bytemuck::allocation::zeroed_slice_box(n.min(Self::CHUNK));
+                grown[..c0.len()].copy_from_slice(c0);
+                *c0 = grown;
+            }
+            Some(_) => {}
+        }
+        while last >= self.chunks.len() {
             self.chunks
                 .push(bytemuck::allocation::zeroed_slice_box(Self::CHUNK));
         }
+        debug_assert!(self.chunks.len() == 1 || self.chunks.iter().all(|c| c.len() == Self::CHUNK));
+    }
+    pub fn push(&mut self, v: T) -> usize {
+        let i = self.len;
+        self.ensure(i + 1);
         self.len += 1;
         *self.get_mut(i) = v;
         i
@@ -109,10 +153,7 @@ impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
             start
         };
         let end = start + n;
-        while (end - 1) >> SHIFT >= self.chunks.len() {
-            self.chunks
-                .push(bytemuck::allocation::zeroed_slice_box(Self::CHUNK));
-        }
+        self.ensure(end);
         self.len = end;
         start
     }
@@ -128,7 +169,7 @@ impl<T: Pod, const SHIFT: u32> Chunked<T, SHIFT> {
     }
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.len() * Self::CHUNK * size_of::<T>()
+        self.chunks.iter().map(|c| c.len()).sum::<usize>() * size_of::<T>()
             + self.chunks.capacity() * size_of::<Box<[T]>>()
     }
 }
@@ -509,3 +550,55 @@ impl Tree {
 
 pub(crate) const NAME_CHUNK_BYTES: usize = 1 << NAME_CHUNK_SHIFT;
 pub(crate) const NODE_CHUNK_LEN: usize = 1 << NODE_CHUNK_SHIFT;
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::Chunked;
+
+    #[test]
+    fn a_small_arena_holds_little_and_grows_to_the_fixed_layout() {
+        // 256-element chunks (the first one starts at 64), so the test crosses several
+        // boundaries.
+        let mut c: Chunked<u32, 8> = Chunked::default();
+        assert_eq!(c.heap_bytes(), 0);
+        let mut model: Vec<Option<u32>> = Vec::new();
+        for i in 0..5u32 {
+            c.push(i);
+            model.push(Some(i));
+        }
+        assert_eq!((c.chunks.len(), c.chunks[0].len()), (1, 64));
+        // A run that does not fit in what is left of the chunk starts at the next boundary,
+        // exactly where it would with full-size chunks.
+        for (k, n) in [(3usize, 70usize), (4, 100), (1, 200), (2, 256), (7, 100)] {
+            let start = c.reserve_contiguous(n);
+            let expect = if model.len() % 256 + n > 256 {
+                model.len().next_multiple_of(256)
+            } else {
+                model.len()
+            };
+            assert_eq!(start, expect);
+            model.resize(start, None);
+            for j in 0..n {
+                model.push(Some((k * 100 + j) as u32));
+            }
+            for (j, v) in c.slice_mut(start, n).iter_mut().enumerate() {
+                *v = (k * 100 + j) as u32;
+            }
+        }
+        assert_eq!(c.len, model.len());
+        for (i, m) in model.iter().enumerate() {
+            assert_eq!(*c.get(i), m.unwrap_or(0), "index {i}");
+        }
+        assert!(c.chunks.len() > 2 && c.chunks.iter().all(|ch| ch.len() == 256));
+    }
+
+    #[test]
+    fn big_chunks_start_small() {
+        let mut c: Chunked<u8, 20> = Chunked::default();
+        c.push(1);
+        assert!(c.heap_bytes() <= 8 << 10, "{}", c.heap_bytes());
+        let start = c.reserve_contiguous(255);
+        assert_eq!(start, 1);
+        assert_eq!(c.slice(start, 255).len(), 255);
+    }
+}
