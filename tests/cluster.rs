@@ -522,3 +522,79 @@ fn a_node_from_another_ca_can_neither_inject_nor_learn() {
     );
     drop(x);
 }
+
+/// Every name under `dir` (recursively, sorted) with a file's content or `/` for a directory.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.push((rel, b"/".to_vec()));
+                walk(base, &p, out);
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_node_rebuilt_from_the_rw_branch_serves_the_clusters_tree() {
+    let _s = serial();
+    let mut c = Cluster::new(3);
+    let ro = c.root().join("ro");
+    std::fs::create_dir_all(ro.join("wp/inc")).unwrap();
+    std::fs::create_dir_all(ro.join("wp/old")).unwrap();
+    std::fs::write(ro.join("wp/inc/load.php"), b"<?php // load").unwrap();
+    std::fs::write(ro.join("wp/old/legacy.php"), b"<?php // legacy").unwrap();
+    std::fs::write(ro.join("readme.html"), b"readme").unwrap();
+    c.start_all();
+    let (m0, m1) = (c.mnt(0), c.mnt(1));
+    // Every kind of table entry, made on two nodes: RW files, a deleted RO file (whiteout), an
+    // RO directory deleted and made again (opaque), a copied-up RO file.
+    std::fs::create_dir(m0.join("uploads")).unwrap();
+    std::fs::write(m0.join("uploads/a.jpg"), b"jpeg-a").unwrap();
+    std::fs::write(m1.join("uploads/b.jpg"), b"jpeg-b").unwrap();
+    std::fs::remove_file(m1.join("readme.html")).unwrap();
+    std::fs::remove_dir_all(m0.join("wp/old")).unwrap();
+    std::fs::create_dir(m0.join("wp/old")).unwrap();
+    std::fs::write(m0.join("wp/old/new.php"), b"<?php // new").unwrap();
+    std::fs::write(m1.join("wp/inc/load.php"), b"<?php // patched").unwrap();
+    let want = tree(&m0);
+    c.until_on(vec![1, 2], "the cluster to converge", |m| tree(m) == want);
+
+    // n2 loses its disk: stopped, data directory wiped, table rebuilt from the RW branch.
+    c.procs[2] = None;
+    let data = c.root().join("data-n2");
+    std::fs::remove_dir_all(&data).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wcfs"))
+        .arg("rebuild")
+        .arg("--rw")
+        .arg(c.root().join("rw"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Started alone (a new port, no seeds: no peer can hand it the table), it serves exactly
+    // the tree the cluster serves.
+    let p = spawn(
+        c.root(),
+        "n2",
+        free_port(),
+        &[],
+        &c.root().join("certs"),
+        "n2",
+    );
+    assert_eq!(tree(&c.mnt(2)), want);
+    drop(p);
+}
