@@ -368,6 +368,7 @@ fn status(info: &NodeInfo) -> Value {
             .iter()
             .map(|p| {
                 json!({
+                    "name": (!p.id.name.as_str().is_empty()).then(|| p.id.name.to_string()),
                     "addr": p.id.addr.to_string(),
                     "replica": (p.id.replica.0 != 0).then(|| p.id.replica.to_string()),
                     "generation": p.id.generation,
@@ -575,8 +576,8 @@ pub fn render_status(v: &Value) -> String {
     let _ = writeln!(o, "members  {}", members.len());
     let _ = writeln!(
         o,
-        "  {:1} {:<22} {:<10} {:>10} {:>10} {:>10}  REPLICA",
-        "!", "ADDRESS", "STATE", "BEHIND", "AHEAD", "QUEUED"
+        "  {:1} {:<16} {:<22} {:<10} {:>10} {:>10} {:>10}  REPLICA",
+        "!", "NAME", "ADDRESS", "STATE", "BEHIND", "AHEAD", "QUEUED"
     );
     for m in &members {
         let up = m["state"] == "up";
@@ -595,8 +596,9 @@ pub fn render_status(v: &Value) -> String {
         let n = |x: Option<u64>| x.map_or("-".to_owned(), |x| x.to_string());
         let _ = writeln!(
             o,
-            "  {:1} {:<22} {:<10} {:>10} {:>10} {:>10}  {}",
+            "  {:1} {:<16} {:<22} {:<10} {:>10} {:>10} {:>10}  {}",
             flag,
+            s(&m["name"]),
             s(&m["addr"]),
             state,
             n(behind),

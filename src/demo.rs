@@ -537,6 +537,17 @@ pub(crate) fn run(args: DemoArgs, signals: &libc::sigset_t) -> anyhow::Result<()
         "  ls -a {}   # the RW branch: uploads/ and the whiteout .wh.robots.txt",
         rw.display()
     );
+    let admin = base.join("node1/data/admin.sock");
+    println!(
+        "  {exe} status --socket {}   # members, lag, queues, table, journal",
+        admin.display(),
+        exe = exe.display()
+    );
+    println!(
+        "  {exe} table get uploads/hello.txt --socket {}   # the entry's dots and resolution",
+        admin.display(),
+        exe = exe.display()
+    );
     match args.duration {
         Some(s) => println!("\nRunning for {s} s (Ctrl-C stops earlier)."),
         None => println!("\nPress Ctrl-C to stop: the nodes unmount and the files are removed."),
