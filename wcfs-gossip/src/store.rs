@@ -155,6 +155,31 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Reads and validates the snapshot at `path`, which must belong to `identity`'s replica;
+/// `None` if there is none yet.
+fn load_snapshot(path: &Path, identity: &Identity) -> Result<Option<Table>, StoreError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path, "open snapshot")(e)),
+    };
+    let len = f.metadata().map_err(io_err(path, "stat snapshot"))?.len();
+    let t = snapshot::read(&mut io::BufReader::with_capacity(1 << 20, &mut f), len).map_err(
+        |source| StoreError::Snapshot {
+            path: path.to_owned(),
+            source,
+        },
+    )?;
+    if t.replica() != identity.replica {
+        return Err(StoreError::WrongReplica {
+            path: path.to_owned(),
+            expected: identity.replica,
+            found: t.replica(),
+        });
+    }
+    Ok(Some(t))
+}
+
 fn parse_identity(path: &Path, text: &str) -> Result<Identity, StoreError> {
     let bad = |why: String| StoreError::Identity {
         path: path.to_owned(),
@@ -251,31 +276,12 @@ impl Store {
         write_identity(&id_path, &identity)?;
 
         let snap_path = dir.join("table.snap");
-        let (mut table, snapshot_paths) = match File::open(&snap_path) {
-            Ok(mut f) => {
-                let len = f
-                    .metadata()
-                    .map_err(io_err(&snap_path, "stat snapshot"))?
-                    .len();
-                let t = snapshot::read(&mut io::BufReader::with_capacity(1 << 20, &mut f), len)
-                    .map_err(|source| StoreError::Snapshot {
-                        path: snap_path.clone(),
-                        source,
-                    })?;
-                if t.replica() != identity.replica {
-                    return Err(StoreError::WrongReplica {
-                        path: snap_path,
-                        expected: identity.replica,
-                        found: t.replica(),
-                    });
-                }
+        let (mut table, snapshot_paths) = match load_snapshot(&snap_path, &identity)? {
+            Some(t) => {
                 let n = t.stats().live_paths + t.stats().tombstones;
                 (t, Some(n))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (Table::new(identity.replica, identity.hash_seed), None)
-            }
-            Err(e) => return Err(io_err(&snap_path, "open snapshot")(e)),
+            None => (Table::new(identity.replica, identity.hash_seed), None),
         };
 
         let jopts = JournalOptions {
@@ -339,31 +345,8 @@ impl Store {
             Err(e) => return Err(io_err(&jpath, "read journal")(e)),
         };
         let snap_path = dir.join("table.snap");
-        let mut table = match File::open(&snap_path) {
-            Ok(mut f) => {
-                let len = f
-                    .metadata()
-                    .map_err(io_err(&snap_path, "stat snapshot"))?
-                    .len();
-                let t = snapshot::read(&mut io::BufReader::with_capacity(1 << 20, &mut f), len)
-                    .map_err(|source| StoreError::Snapshot {
-                        path: snap_path.clone(),
-                        source,
-                    })?;
-                if t.replica() != identity.replica {
-                    return Err(StoreError::WrongReplica {
-                        path: snap_path,
-                        expected: identity.replica,
-                        found: t.replica(),
-                    });
-                }
-                t
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Table::new(identity.replica, identity.hash_seed)
-            }
-            Err(e) => return Err(io_err(&snap_path, "open snapshot")(e)),
-        };
+        let mut table = load_snapshot(&snap_path, &identity)?
+            .unwrap_or_else(|| Table::new(identity.replica, identity.hash_seed));
         if let Some(bytes) = jbytes {
             let rep = wcfs_core::journal::replay(&bytes, identity.replica).map_err(|source| {
                 StoreError::Journal(JournalError::Header {
