@@ -2,22 +2,11 @@
 //! invalidate`; and `wcfs mount --config`.
 
 mod common;
-use common::{Proc, is_mounted};
+use common::{is_mounted, spawn_mount, wait};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
+use std::process::{Command, Output};
+use std::time::Duration;
 
 fn wcfs(args: &[&str], sock: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wcfs"))
@@ -61,21 +50,6 @@ fn dirs() -> Dirs {
     d
 }
 
-fn spawn(args: &[&std::ffi::OsStr], mnt: &Path) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_wcfs"))
-        .arg("mount")
-        .args(args)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child, mnt.to_owned());
-    assert!(
-        wait(Duration::from_secs(10), || is_mounted(mnt)),
-        "not mounted"
-    );
-    p
-}
-
 #[test]
 fn status_table_and_invalidate_talk_to_a_running_node() {
     let d = dirs();
@@ -90,7 +64,7 @@ fn status_table_and_invalidate_talk_to_a_running_node() {
         "{err}"
     );
 
-    let mut p = spawn(
+    let mut p = spawn_mount(
         &[
             "--ro".as_ref(),
             d.ro.as_os_str(),
@@ -207,7 +181,7 @@ fn mount_from_a_config_file_with_flags_overriding_it() {
     )
     .unwrap();
     // The file's rw is wrong; the flag fixes it.
-    let mut p = spawn(
+    let mut p = spawn_mount(
         &[
             "--config".as_ref(),
             cfg.as_os_str(),

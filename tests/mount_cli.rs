@@ -1,22 +1,10 @@
 //! `wcfs mount`: a real process, a real mount, unmounted cleanly on SIGTERM.
 
 mod common;
-use common::{Proc, is_mounted};
+use common::{Proc, is_mounted, local_mount, wait};
 
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
+use std::time::Duration;
 
 #[test]
 fn mount_serves_the_union_and_unmounts_on_sigterm() {
@@ -69,26 +57,6 @@ fn mount_serves_the_union_and_unmounts_on_sigterm() {
     assert!(!mnt.join("index.html").exists());
 }
 
-fn start(ro: &Path, rw: &Path, data: &Path, mnt: &Path) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_wcfs"))
-        .args(["mount", "--ro"])
-        .arg(ro)
-        .arg("--rw")
-        .arg(rw)
-        .arg("--data")
-        .arg(data)
-        .arg(mnt)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child, mnt.to_owned());
-    assert!(
-        wait(Duration::from_secs(10), || is_mounted(mnt)),
-        "not mounted"
-    );
-    p
-}
-
 #[test]
 fn a_killed_mount_restarts_with_every_change_it_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -103,7 +71,7 @@ fn a_killed_mount_restarts_with_every_change_it_acknowledged() {
     }
     std::fs::write(ro.join("index.php"), b"<?php").unwrap();
     std::fs::write(ro.join("install.php"), b"<?php").unwrap();
-    let mut p = start(&ro, &rw, &data, &mnt);
+    let mut p = local_mount(&ro, &rw, &data, &mnt);
     for i in 0..50 {
         std::fs::write(mnt.join(format!("upload-{i}.jpg")), b"jpg").unwrap();
     }
@@ -117,7 +85,7 @@ fn a_killed_mount_restarts_with_every_change_it_acknowledged() {
         "dead mount still attached"
     );
 
-    let _p = start(&ro, &rw, &data, &mnt);
+    let _p = local_mount(&ro, &rw, &data, &mnt);
     for i in 0..50 {
         assert_eq!(
             std::fs::read(mnt.join(format!("upload-{i}.jpg"))).unwrap(),
@@ -144,7 +112,7 @@ fn a_clean_stop_leaves_a_snapshot_and_the_next_start_uses_it() {
     for d in [&ro, &rw, &mnt] {
         std::fs::create_dir(d).unwrap();
     }
-    let mut p = start(&ro, &rw, &data, &mnt);
+    let mut p = local_mount(&ro, &rw, &data, &mnt);
     std::fs::create_dir(mnt.join("cache")).unwrap();
     std::fs::write(mnt.join("cache/page.html"), b"<html>").unwrap();
     unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
@@ -154,7 +122,7 @@ fn a_clean_stop_leaves_a_snapshot_and_the_next_start_uses_it() {
         data.join("table.snap").exists(),
         "no snapshot after a clean stop"
     );
-    let _p = start(&ro, &rw, &data, &mnt);
+    let _p = local_mount(&ro, &rw, &data, &mnt);
     assert_eq!(
         std::fs::read(mnt.join("cache/page.html")).unwrap(),
         b"<html>"

@@ -2,27 +2,15 @@
 //! data directory is wiped, the rebuilt table must show exactly the same tree.
 
 mod common;
-use common::{Proc, is_mounted};
+use common::{Proc, is_mounted, local_mount};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use wcfs_core::{Resolution, WPath};
 use wcfs_gossip::store::Store;
-
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 fn wcfs(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wcfs"))
@@ -33,21 +21,7 @@ fn wcfs(args: &[&std::ffi::OsStr]) -> Output {
 
 fn mount(ro: &Path, rw: &Path, data: &Path, mnt: &Path) -> Proc {
     std::fs::create_dir_all(mnt).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wcfs"))
-        .arg("mount")
-        .arg("--ro")
-        .arg(ro)
-        .arg("--rw")
-        .arg(rw)
-        .arg("--data")
-        .arg(data)
-        .arg(mnt)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child, mnt.to_owned());
-    until("the mount", || is_mounted(mnt));
-    p
+    local_mount(ro, rw, data, mnt)
 }
 
 fn stop(mut p: Proc) {

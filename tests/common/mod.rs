@@ -61,3 +61,51 @@ pub fn free_port() -> std::net::SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Polls `f` every 10 ms for up to `limit`; whether it came to hold.
+#[allow(dead_code)]
+pub fn wait(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    f()
+}
+
+/// Starts `wcfs mount ARGS` (its stderr discarded) and waits until `mnt` is mounted.
+#[allow(dead_code)]
+pub fn spawn_mount(args: &[&std::ffi::OsStr], mnt: &Path) -> Proc {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wcfs"))
+        .arg("mount")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child, mnt.to_owned());
+    assert!(
+        wait(std::time::Duration::from_secs(10), || is_mounted(mnt)),
+        "{} not mounted",
+        mnt.display()
+    );
+    p
+}
+
+/// A single node with a data directory: `wcfs mount --ro RO --rw RW --data DATA MNT`.
+#[allow(dead_code)]
+pub fn local_mount(ro: &Path, rw: &Path, data: &Path, mnt: &Path) -> Proc {
+    spawn_mount(
+        &[
+            "--ro".as_ref(),
+            ro.as_os_str(),
+            "--rw".as_ref(),
+            rw.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            mnt.as_os_str(),
+        ],
+        mnt,
+    )
+}
