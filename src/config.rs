@@ -116,6 +116,8 @@ pub struct RawUnion {
     pub strict: Option<bool>,
     /// RO files at least this large are read through FUSE passthrough (0: never).
     pub ro_passthrough_min_bytes: Option<u64>,
+    /// Opens and closes never wait for the daemon; locks are per node.
+    pub fast_open: Option<bool>,
 }
 
 /// `[admin]`.
@@ -421,6 +423,7 @@ impl RawConfig {
             ro_dir_fds,
             ro_passthrough_min,
             strict: self.union.strict.unwrap_or(d.strict),
+            fast_open: self.union.fast_open.unwrap_or(d.fast_open),
             ..d
         };
 
@@ -485,6 +488,8 @@ pub struct Overrides {
     pub admin_socket: Option<PathBuf>,
     /// `--metrics`.
     pub metrics_listen: Option<String>,
+    /// `--fast-open`.
+    pub fast_open: Option<bool>,
 }
 
 impl Overrides {
@@ -509,6 +514,7 @@ impl Overrides {
         set(&mut raw.tls.key, self.key);
         set(&mut raw.admin.socket, self.admin_socket);
         set(&mut raw.metrics.listen, self.metrics_listen);
+        set(&mut raw.union.fast_open, self.fast_open);
         raw
     }
 }
@@ -542,8 +548,13 @@ mod tests {
             (d.ro_ttl, d.rw_ttl, d.negative_ttl)
         );
         assert_eq!(
-            (c.fs.strict, c.fs.ro_passthrough_min, c.fs.ro_dir_fds),
-            (d.strict, d.ro_passthrough_min, d.ro_dir_fds)
+            (
+                c.fs.strict,
+                c.fs.ro_passthrough_min,
+                c.fs.ro_dir_fds,
+                c.fs.fast_open
+            ),
+            (d.strict, d.ro_passthrough_min, d.ro_dir_fds, d.fast_open)
         );
         assert_eq!(c.metrics_listen, None);
         assert_eq!(
@@ -638,11 +649,12 @@ mod tests {
     #[test]
     fn union_settings_are_taken_from_the_file() {
         let c = parse(&format!(
-            "{MINIMAL}[union]\nstrict = true\nro_passthrough_min_bytes = 4096\n\
+            "{MINIMAL}[union]\nstrict = true\nro_passthrough_min_bytes = 4096\nfast_open = true\n\
              [cache]\nro_dir_fds = 0\n"
         ))
         .unwrap();
         assert!(c.fs.strict);
+        assert!(c.fs.fast_open);
         assert_eq!(c.fs.ro_passthrough_min, 4096);
         assert_eq!(c.fs.ro_dir_fds, 0);
         // 0 turns RO passthrough off (rather than passing every RO file through).

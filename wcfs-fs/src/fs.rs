@@ -37,6 +37,8 @@ use crate::inode::{Inodes, Origin, ROOT};
 use crate::lock::Locks;
 use crate::stats::{OpKind, RwStats, enter};
 
+mod implicit;
+
 /// aufs whiteout prefix: `.wh.<name>` on the RW branch hides `<name>` of the RO branch.
 pub const WH_PREFIX: &[u8] = b".wh.";
 /// aufs opaque-directory marker, inside an RW directory that hides the RO one.
@@ -83,6 +85,17 @@ pub struct FsConfig {
     /// (costs one RW metadata request per miss), for RW branches written by something other
     /// than WCFS, or for applications that cannot wait for a remote mark to arrive.
     pub strict: bool,
+    /// Opens and closes never wait for the daemon: the kernel is told the daemon has no
+    /// `open` or `flush` (`FUSE_NO_OPEN_SUPPORT`), so opening a cached file costs about what
+    /// it costs on a local filesystem, and I/O arrives without a handle (the daemon keeps a
+    /// file per inode, see `implicit_file`). What it costs:
+    /// - locks (`fcntl`, `flock`) are kept by the kernel and exclude only processes of this
+    ///   node: with no close notification the daemon could not release locks held on the RW
+    ///   branch for other nodes to see;
+    /// - no FUSE passthrough (reads of large RO files and of RW files go through the daemon
+    ///   and the kernel's page cache), and another node's rewrite of an RW file is seen once
+    ///   its attributes are revalidated (`rw_ttl`), not at the next open.
+    pub fast_open: bool,
 }
 
 impl Default for FsConfig {
@@ -98,6 +111,7 @@ impl Default for FsConfig {
             ro_dir_fds: 1024,
             ro_passthrough_min: 1 << 20,
             strict: false,
+            fast_open: false,
         }
     }
 }
@@ -219,6 +233,8 @@ pub(crate) struct Shared {
     tmp_counter: AtomicU64,
     /// POSIX locks and flocks of RW files, held on the backing files.
     locks: Arc<Locks>,
+    /// `fast_open`: the file each inode's handle-less I/O goes to (see `implicit.rs`).
+    implicit: Mutex<HashMap<u64, implicit::Implicit>>,
     /// Runs once when the FUSE session ends (see `MountGuard::on_session_end`).
     pub(crate) session_end: crate::mount::SessionEnd,
 }
@@ -405,6 +421,7 @@ impl Shared {
             copy_up_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
             locks: Arc::default(),
+            implicit: Mutex::default(),
             session_end: crate::mount::SessionEnd::default(),
         }
     }
@@ -753,7 +770,11 @@ impl Shared {
                 }
                 if src.st_nlink > 1 {
                     self.propose(path, Op::MarkRw)?;
-                    return self.copy_up_links(path, &src);
+                    let r = self.copy_up_links(path, &src);
+                    if let Some(ino) = self.inodes.find_path(path) {
+                        self.drop_implicit(ino);
+                    }
+                    return r;
                 }
             }
             libc::S_IFLNK => {
@@ -787,6 +808,7 @@ impl Shared {
             && let Some(ino) = self.inodes.find_path(path)
         {
             self.inodes.mark_copied(ino);
+            self.drop_implicit(ino);
         }
         Ok(())
     }
@@ -1091,6 +1113,7 @@ impl Shared {
                 matches!(***h, Handle::File { ino: i, .. } | Handle::RoLazy { ino: i, .. } if i == ino)
             })
             .cloned()
+            .or_else(|| self.pinned_file(ino))
     }
 
     fn fstat_handle(&self, h: &Handle) -> Result<libc::stat, Errno> {
@@ -1625,9 +1648,16 @@ impl Filesystem for UnionFs {
             let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // Locks go to the backing files so that nodes sharing the RW branch exclude each
-        // other (lock.rs); without these the kernel would lock per mount only.
-        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        if s.cfg.fast_open {
+            // No close notifications (FsConfig::fast_open): the kernel keeps the locks, and
+            // drops cached pages of a file whose mtime it sees change.
+            let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        } else {
+            // Locks go to the backing files so that nodes sharing the RW branch exclude each
+            // other (lock.rs); without these the kernel would lock per mount only.
+            let _ =
+                config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        }
         if s.cfg.cache_dirs
             && config
                 .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
@@ -1635,7 +1665,7 @@ impl Filesystem for UnionFs {
         {
             s.no_opendir.store(true, Ordering::Relaxed);
         }
-        if s.cfg.passthrough {
+        if s.cfg.passthrough && !s.cfg.fast_open {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
             if !ok {
@@ -1694,6 +1724,7 @@ impl Filesystem for UnionFs {
     /// The kernel dropped `nlookup` references: the node may be freed.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.0.inodes.forget(ino.0, nlookup);
+        self.0.drop_implicit_if_freed(ino.0);
     }
 
     // `batch_forget`: fuser's default hands every entry to `forget`.
@@ -1948,6 +1979,7 @@ impl Filesystem for UnionFs {
             reply.error(Errno::EISDIR);
             return;
         }
+        s.pin_before_removal(&path, &f);
         let res = s.table.resolve(&path);
         let below = f.side == Side::Ro || s.ro_below(&path, res);
         if below {
@@ -1962,7 +1994,11 @@ impl Filesystem for UnionFs {
         } else if matches!(res, Resolution::Rw | Resolution::Opaque) {
             tri!(reply, s.propose(&path, Op::Forget));
         }
+        let gone = s.inodes.find(parent.0, name.as_bytes());
         s.inodes.detach(parent.0, name.as_bytes());
+        if let Some(ino) = gone {
+            s.drop_implicit_if_freed(ino);
+        }
         reply.ok();
     }
 
@@ -2099,6 +2135,9 @@ impl Filesystem for UnionFs {
         if fs.side == Side::Ro {
             tri!(reply, s.copy_up(&src));
         }
+        if let Some(d) = &fd {
+            s.pin_before_removal(&dst, d);
+        }
         let dst_res = s.table.resolve(&dst);
         let dst_over_wh = dst_res == Resolution::Hidden;
         tri!(reply, s.prepare_rw_dir(dst_dir.as_ref()));
@@ -2144,8 +2183,12 @@ impl Filesystem for UnionFs {
         if src_dir {
             tri!(reply, s.forget_below(&src));
         }
+        let gone = s.inodes.find(newparent.0, newname.as_bytes());
         s.inodes
             .rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes());
+        if let Some(ino) = gone {
+            s.drop_implicit_if_freed(ino);
+        }
         reply.ok();
     }
 
@@ -2186,6 +2229,11 @@ impl Filesystem for UnionFs {
         let _g = enter(OpKind::Open);
         let s = &self.0;
         s.stats.served(OpKind::Open);
+        if s.cfg.fast_open {
+            // The kernel then completes this open and all later ones by itself.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let flags = flags.0;
         let path = tri!(reply, s.path_of(ino));
         if flags & libc::O_ACCMODE == libc::O_RDONLY
@@ -2241,7 +2289,7 @@ impl Filesystem for UnionFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -2252,7 +2300,7 @@ impl Filesystem for UnionFs {
         let _g = enter(OpKind::Read);
         let s = &self.0;
         s.stats.served(OpKind::Read);
-        let h = tri!(reply, s.handle(fh));
+        let h = tri!(reply, s.io_handle(ino.0, fh, false));
         let (file, side) = match &*h {
             Handle::File { file, side, .. } => (file, *side),
             Handle::RoLazy { path, file, .. } => (tri!(reply, s.ro_file(path, file)), Side::Ro),
@@ -2283,18 +2331,18 @@ impl Filesystem for UnionFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _g = enter(OpKind::Write);
         let s = &self.0;
-        let h = tri!(reply, s.handle(fh));
+        let h = tri!(reply, s.io_handle(ino.0, fh, true));
         let Handle::File { file, side, .. } = &*h else {
             reply.error(Errno::EISDIR);
             return;
@@ -2305,6 +2353,16 @@ impl Filesystem for UnionFs {
         }
         s.stats.count();
         tri!(reply, file.write_all_at(data, offset).map_err(errno));
+        if fh.0 == 0 && flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+            // The implicit file was not opened with the writer's O_SYNC/O_DSYNC.
+            s.stats.count();
+            let r = if flags.0 & libc::O_SYNC == libc::O_SYNC {
+                file.sync_all()
+            } else {
+                file.sync_data()
+            };
+            tri!(reply, r.map_err(errno));
+        }
         reply.written(data.len() as u32);
     }
 
@@ -2316,6 +2374,11 @@ impl Filesystem for UnionFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.0.cfg.fast_open {
+            // No locks held for the kernel, nothing buffered: no close needs the daemon.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         // Nothing is buffered in the daemon; a close releases the owner's POSIX locks. RO
         // opens are FOPEN_NOFLUSH, so only RW files pay this round trip.
         self.0.locks.drop_owner(ino.0, lock_owner.0);
@@ -2440,14 +2503,14 @@ impl Filesystem for UnionFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         let _g = enter(OpKind::Sync);
         let s = &self.0;
-        let h = tri!(reply, s.handle(fh));
+        let h = tri!(reply, s.io_handle(ino.0, fh, false));
         if let Handle::File {
             file,
             side: Side::Rw,

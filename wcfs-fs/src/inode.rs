@@ -429,6 +429,11 @@ impl Inodes {
         }
     }
 
+    /// Whether the daemon still has node `ino` (the kernel holds it, or a child of it).
+    pub(crate) fn exists(&self, ino: u64) -> bool {
+        ino == ROOT || self.lock().nodes.contains_key(&ino)
+    }
+
     /// Live nodes, the root included.
     pub(crate) fn len(&self) -> usize {
         self.lock().nodes.len() + 1

@@ -34,9 +34,16 @@ pub fn handle(id: u64) -> Arc<LocalHandle> {
     LocalHandle::new(Table::new(ReplicaId(id), 7))
 }
 
+/// Whether this run tests `fast_open` mounts (`WCFS_TEST_FAST_OPEN=1`: CI runs the suite both
+/// ways, since that mode serves I/O without open handles).
+pub fn fast_open() -> bool {
+    std::env::var_os("WCFS_TEST_FAST_OPEN").is_some_and(|v| v == "1")
+}
+
 pub fn fs_config() -> FsConfig {
     FsConfig {
         threads: 2,
+        fast_open: fast_open(),
         ..FsConfig::default()
     }
 }
