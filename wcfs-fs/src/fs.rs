@@ -96,6 +96,10 @@ pub struct FsConfig {
     ///   and the kernel's page cache), and another node's rewrite of an RW file is seen once
     ///   its attributes are revalidated (`rw_ttl`), not at the next open.
     pub fast_open: bool,
+    /// After serving a read or a listing of RO content, stat its path through the mount in
+    /// the background, so the attributes the kernel then marks stale (atime) are fresh again
+    /// before the application's next `stat` (see `refresh.rs`).
+    pub refresh_attrs: bool,
 }
 
 impl Default for FsConfig {
@@ -112,6 +116,7 @@ impl Default for FsConfig {
             ro_passthrough_min: 1 << 20,
             strict: false,
             fast_open: false,
+            refresh_attrs: true,
         }
     }
 }
@@ -235,6 +240,8 @@ pub(crate) struct Shared {
     locks: Arc<Locks>,
     /// `fast_open`: the file each inode's handle-less I/O goes to (see `implicit.rs`).
     implicit: Mutex<HashMap<u64, implicit::Implicit>>,
+    /// Set once mounted when `refresh_attrs` is on.
+    pub(crate) refresher: OnceLock<crate::refresh::Refresher>,
     /// Runs once when the FUSE session ends (see `MountGuard::on_session_end`).
     pub(crate) session_end: crate::mount::SessionEnd,
 }
@@ -422,6 +429,7 @@ impl Shared {
             tmp_counter: AtomicU64::new(0),
             locks: Arc::default(),
             implicit: Mutex::default(),
+            refresher: OnceLock::new(),
             session_end: crate::mount::SessionEnd::default(),
         }
     }
@@ -447,6 +455,23 @@ impl Shared {
 
     fn resolve(&self, path: Option<&WPath>) -> Resolution {
         path.map_or(Resolution::Ro, |p| self.table.resolve(p))
+    }
+
+    /// After a listing of directory `ino`: refresh its attributes if it is RO content.
+    fn refresh_listed(&self, ino: INodeNo) {
+        if self.refresher.get().is_some()
+            && let Ok(p) = self.path_of(ino)
+            && self.resolve(p.as_ref()) == Resolution::Ro
+        {
+            self.refresh(ino.0);
+        }
+    }
+
+    /// Queues a background attribute refresh of `ino` (see `refresh.rs`).
+    fn refresh(&self, ino: u64) {
+        if let Some(r) = self.refresher.get() {
+            r.request(ino);
+        }
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<Option<WPath>, Errno> {
@@ -2326,6 +2351,9 @@ impl Filesystem for UnionFs {
             }
         }
         reply.data(&buf[..n]);
+        if side == Side::Ro {
+            s.refresh(ino.0);
+        }
     }
 
     fn write(
@@ -2570,6 +2598,7 @@ impl Filesystem for UnionFs {
             }
         }
         reply.ok();
+        self.0.refresh_listed(ino);
     }
 
     fn readdirplus(
@@ -2623,6 +2652,7 @@ impl Filesystem for UnionFs {
             }
         }
         reply.ok();
+        s.refresh_listed(ino);
     }
 
     fn releasedir(

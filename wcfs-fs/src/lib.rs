@@ -11,6 +11,7 @@ mod inode;
 mod lock;
 mod mount;
 pub mod rebuild;
+mod refresh;
 mod stats;
 
 pub use fs::{FsConfig, MAX_USER_NAME, WH_OPAQUE, WH_PREFIX};

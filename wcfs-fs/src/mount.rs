@@ -342,6 +342,9 @@ impl MountGuard {
 
     fn do_unmount(&mut self) -> io::Result<()> {
         let _ = self.inval.tx.try_send(Msg::Stop);
+        if let Some(r) = self.shared.refresher.get() {
+            r.stop();
+        }
         let Some(sess) = self.session.take() else {
             return Ok(());
         };
@@ -468,6 +471,16 @@ pub fn mount(cfg: &MountConfig, table: Arc<dyn TableHandle>) -> Result<MountGuar
     })?;
     let notifier = session.notifier();
     let bg = session.spawn().map_err(MountError::Mount)?;
+    if cfg.fs.refresh_attrs {
+        match std::path::absolute(&cfg.mountpoint)
+            .and_then(|mp| crate::refresh::Refresher::start(mp, Arc::downgrade(&shared)))
+        {
+            Ok(r) => {
+                let _ = shared.refresher.set(r);
+            }
+            Err(e) => tracing::warn!(error = %e, "no background attribute refresh"),
+        }
+    }
     let (tx, rx) = sync_channel(INVALIDATION_QUEUE);
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()

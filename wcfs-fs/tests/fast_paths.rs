@@ -1,4 +1,5 @@
-//! The fast paths: passthrough opens of large RO files, the RO directory-fd cache, strict mode.
+//! The fast paths: passthrough opens of large RO files, the RO directory-fd cache, strict mode,
+//! attributes refreshed after reads.
 
 mod common;
 use common::*;
@@ -199,4 +200,59 @@ fn strict_mode_finds_rw_files_the_table_does_not_know() {
     assert!(std::fs::metadata(loose.m("site/new.php")).is_err());
     assert!(std::fs::metadata(loose.m("site/up")).is_err());
     assert_eq!(names(&loose.m("site")), ["index.php"]);
+}
+
+/// What the kernel asks after a file's first read and a directory's first listing, with and
+/// without the background refresh: the GETATTR round trips the application itself waits for.
+fn getattrs_after_first_reads(refresh: bool) -> (u64, u64) {
+    let fx = Fx::with_config(
+        FsConfig {
+            refresh_attrs: refresh,
+            // Reads of a small RO file go through the daemon (not passthrough) either way.
+            ro_passthrough_min: u64::MAX,
+            ..fs_config()
+        },
+        |ro| {
+            std::fs::create_dir(ro.join("d")).unwrap();
+            std::fs::write(ro.join("d/f.php"), b"<?php echo 1;").unwrap();
+        },
+    );
+    let st = fx.stats();
+    let settle = |st: &wcfs_fs::RwStats, before: u64| {
+        // With the refresh on, wait for its GETATTR; without, give the kernel the same time.
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(if refresh { 2000 } else { 100 }) {
+            if refresh && st.requests(OpKind::Getattr) > before {
+                // Counted when it arrived: let its reply reach the kernel.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    assert_eq!(std::fs::read(fx.m("d/f.php")).unwrap(), b"<?php echo 1;");
+    assert!(
+        st.requests(OpKind::Read) >= 1,
+        "the first read reached the daemon"
+    );
+    let before = st.requests(OpKind::Getattr);
+    settle(&st, before);
+    st.reset();
+    std::fs::metadata(fx.m("d/f.php")).unwrap();
+    let file = st.requests(OpKind::Getattr);
+    assert_eq!(std::fs::read_dir(fx.m("d")).unwrap().count(), 1);
+    let before = st.requests(OpKind::Getattr);
+    settle(&st, before);
+    st.reset();
+    // glibc's opendir fstats the directory: the second listing's round trip, if any.
+    assert_eq!(std::fs::read_dir(fx.m("d")).unwrap().count(), 1);
+    (file, st.requests(OpKind::Getattr))
+}
+
+#[test]
+fn the_first_stat_after_a_read_or_listing_waits_for_no_round_trip() {
+    assert_eq!(getattrs_after_first_reads(true), (0, 0));
+    // The control: the kernel marks atime stale after reads that reached the daemon, so
+    // without the refresh the application's stat and the second opendir each pay one.
+    assert_eq!(getattrs_after_first_reads(false), (1, 1));
 }

@@ -195,6 +195,8 @@ enum Kind {
     MergerTuned,
     Unionfs,
     Wcfs,
+    /// `wcfs mount --fast-open`: opens and closes without the daemon, locks per node.
+    WcfsFast,
 }
 
 struct Target {
@@ -222,6 +224,7 @@ fn target_name(kind: Kind, slow: bool) -> String {
         Kind::MergerTuned => "mergerfs-tuned".to_string(),
         Kind::Unionfs => "unionfs-fuse".to_string(),
         Kind::Wcfs => "wcfs".to_string(),
+        Kind::WcfsFast => "wcfs-fast".to_string(),
     };
     base + if slow { "/slow" } else { "" }
 }
@@ -307,9 +310,14 @@ fn setup_target(
                 .arg(&branches)
                 .arg(&mnt))?;
         }
-        Kind::Wcfs => {
-            let mut c = Command::new(&o.wcfs)
-                .args(["mount", "--ro"])
+        Kind::Wcfs | Kind::WcfsFast => {
+            let mut c = Command::new(&o.wcfs);
+            c.arg("mount");
+            if kind == Kind::WcfsFast {
+                c.arg("--fast-open");
+            }
+            let mut c = c
+                .arg("--ro")
                 .arg(ro)
                 .arg("--rw")
                 .arg(&rw)
@@ -825,6 +833,7 @@ fn main() -> anyhow::Result<()> {
         Kind::MergerTuned,
         Kind::Unionfs,
         Kind::Wcfs,
+        Kind::WcfsFast,
     ] {
         plan.push((k, false));
         plan.push((k, true));
@@ -1065,9 +1074,11 @@ fn render(
     w(&mut s, "\n## WCFS against issue 4's targets\n".into());
     w(
         &mut s,
-        "| measure | target | wcfs (local RW) | wcfs/slow | best anchor (ratio) |".into(),
+        "| measure | target | wcfs (local RW) | wcfs/slow | wcfs-fast (local RW) | \
+         wcfs-fast/slow | best anchor (ratio) |"
+            .into(),
     );
-    w(&mut s, "|---|---|---:|---:|---|".into());
+    w(&mut s, "|---|---|---:|---:|---:|---:|---|".into());
     for m in Measure::ALL {
         let cell = |name: &str| match ratio(name, m) {
             Some(r) => format!("{:.2}× {}", r, if m.target_ok(r) { "✅" } else { "❌" }),
@@ -1075,7 +1086,7 @@ fn render(
         };
         let best = targets
             .iter()
-            .filter(|t| !matches!(t.kind, Kind::Bare | Kind::Wcfs))
+            .filter(|t| !matches!(t.kind, Kind::Bare | Kind::Wcfs | Kind::WcfsFast))
             .filter_map(|t| ratio(&t.name, m).map(|r| (t.name.clone(), r)))
             .reduce(|a, b| {
                 let better = if m.is_throughput() {
@@ -1090,19 +1101,23 @@ fn render(
         w(
             &mut s,
             format!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 m.label(),
                 m.target(),
                 cell("wcfs"),
                 cell("wcfs/slow"),
+                cell("wcfs-fast"),
+                cell("wcfs-fast/slow"),
                 best
             ),
         );
     }
     let mut rw = Vec::new();
     for m in rwm {
-        if let Some(v) = samples.get(&("wcfs/slow".to_string(), m)) {
-            rw.extend(v.iter().filter_map(|s| s.rw_per_op));
+        for t in ["wcfs/slow", "wcfs-fast/slow"] {
+            if let Some(v) = samples.get(&(t.to_string(), m)) {
+                rw.extend(v.iter().filter_map(|s| s.rw_per_op));
+            }
         }
     }
     if !rw.is_empty() {
@@ -1110,7 +1125,8 @@ fn render(
         w(
             &mut s,
             format!(
-                "| RW metadata requests per op on RO content | 0 | — | worst {worst:.3} {} | — |",
+                "| RW metadata requests per op on RO content | 0 | — | worst {worst:.3} {} | — | \
+                 (both) | — |",
                 if worst == 0.0 { "✅" } else { "❌" }
             ),
         );
@@ -1244,7 +1260,7 @@ fn render_more(
     // WCFS against each anchor with the same kind of RW branch, on every measure.
     let anchors: Vec<&Target> = targets
         .iter()
-        .filter(|t| !matches!(t.kind, Kind::Bare | Kind::Wcfs))
+        .filter(|t| !matches!(t.kind, Kind::Bare | Kind::Wcfs | Kind::WcfsFast))
         .collect();
     if anchors.is_empty() || !targets.iter().any(|t| t.kind == Kind::Wcfs) {
         return;
