@@ -988,7 +988,8 @@ fn render(
         format!(
             "- mergerfs default: `-o allow_other`; tuned: `-o allow_other,{MERGER_TUNED}` \
              (2.33 has no FUSE passthrough). unionfs-fuse: `-o cow,allow_other`. WCFS: \
-             `wcfs mount --ro RO --rw RW MNT` (defaults)."
+             `wcfs mount --ro RO --rw RW MNT` (defaults); wcfs-fast: the same with `--fast-open` \
+             (opens and closes without the daemon; locks per node, no passthrough)."
         ),
     );
     w(
