@@ -2381,15 +2381,31 @@ impl Filesystem for UnionFs {
         }
         s.stats.count();
         tri!(reply, file.write_all_at(data, offset).map_err(errno));
-        if fh.0 == 0 && flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
-            // The implicit file was not opened with the writer's O_SYNC/O_DSYNC.
+        if fh.0 == 0 {
             s.stats.count();
-            let r = if flags.0 & libc::O_SYNC == libc::O_SYNC {
-                file.sync_all()
+            if flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+                // The implicit file was not opened with the writer's O_SYNC/O_DSYNC.
+                let r = if flags.0 & libc::O_SYNC == libc::O_SYNC {
+                    file.sync_all()
+                } else {
+                    file.sync_data()
+                };
+                tri!(reply, r.map_err(errno));
             } else {
-                file.sync_data()
-            };
-            tri!(reply, r.map_err(errno));
+                // No close will flush it (the daemon never sees one, and keeps the file):
+                // start the writeback now so that other nodes reading the shared branch
+                // (NFS serves written, uncommitted data) see it about when a close would
+                // have shown it. Does not wait; errors show at the next fsync.
+                // SAFETY: valid fd; plain integer arguments.
+                unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        offset as i64,
+                        data.len() as i64,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
         }
         reply.written(data.len() as u32);
     }

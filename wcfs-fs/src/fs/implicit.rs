@@ -8,6 +8,10 @@
 //! A write to an inode still on the RO branch copies it up first, as an open for writing
 //! does otherwise.
 //!
+//! No close reaches the daemon either, so nothing would flush a write to an NFS branch when
+//! the application closes: each handle-less write starts its writeback at once
+//! (`sync_file_range`), which is what makes it visible to the other nodes.
+//!
 //! The daemon never learns when the last open of an inode closes, so an inode's file is
 //! kept until the kernel forgets the inode, or dropped when the map is full. An inode removed
 //! (unlink, rename over it) while the kernel still holds it may be open: its file is opened
