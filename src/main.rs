@@ -283,6 +283,28 @@ fn init_tracing(level: &str) {
         .init();
 }
 
+/// Raises the soft limit on open files to the hard one: the daemon keeps RO directory fds,
+/// one file per open (or, with fast opens, per recently used inode) and QUIC sockets, and the
+/// usual soft limit of 1024 is below what a busy node needs (systemd's unit sets both).
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out pointer; then plain struct in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                tracing::warn!(soft = l.rlim_cur, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli: Cli = help::parse();
     match cli.cmd {
@@ -364,6 +386,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Mount(args) => {
             let cfg = args.resolve()?;
             init_tracing(&cfg.log_level);
+            raise_fd_limit();
             let set = block_signals()?;
             node::run(cfg, &set)
         }

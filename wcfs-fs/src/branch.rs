@@ -523,6 +523,20 @@ impl Branch {
         r
     }
 
+    /// Whether the branch is a network filesystem whose client renames a file that it holds
+    /// open instead of removing it (NFS's `.nfsXXXX` "silly rename", CIFS/SMB likewise).
+    pub(crate) fn renames_open_files_on_unlink(&self) -> bool {
+        const NFS: i64 = 0x6969;
+        const SMB2: i64 = 0xFE53_4D42;
+        const CIFS: i64 = 0xFF53_4D42;
+        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and out pointer.
+        if unsafe { libc::fstatfs(self.root.as_raw_fd(), &mut s) } != 0 {
+            return true; // unknown: assume the cautious answer
+        }
+        matches!(s.f_type as i64, NFS | SMB2 | CIFS)
+    }
+
     /// `fstatvfs` of the root.
     pub(crate) fn statvfs(&self) -> io::Result<libc::statvfs> {
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -240,6 +240,9 @@ pub(crate) struct Shared {
     locks: Arc<Locks>,
     /// `fast_open`: the file each inode's handle-less I/O goes to (see `implicit.rs`).
     implicit: Mutex<HashMap<u64, implicit::Implicit>>,
+    /// The RW branch is NFS-like: a removed file the daemon holds open is renamed, not
+    /// removed (see `implicit.rs`).
+    rw_renames_open_files: bool,
     /// Set once mounted when `refresh_attrs` is on.
     pub(crate) refresher: OnceLock<crate::refresh::Refresher>,
     /// Runs once when the FUSE session ends (see `MountGuard::on_session_end`).
@@ -409,6 +412,7 @@ impl Shared {
             }
         };
         let inodes = Inodes::new(dev(&ro), dev(&rw));
+        let rw_renames_open_files = rw.renames_open_files_on_unlink();
         ro.cache_dirs(cfg.ro_dir_fds);
         Shared {
             ro,
@@ -429,6 +433,7 @@ impl Shared {
             tmp_counter: AtomicU64::new(0),
             locks: Arc::default(),
             implicit: Mutex::default(),
+            rw_renames_open_files,
             refresher: OnceLock::new(),
             session_end: crate::mount::SessionEnd::default(),
         }
@@ -1164,6 +1169,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.drop_implicit_ro();
         Ok(())
     }
 
@@ -2364,7 +2370,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        flags: OpenFlags,
+        _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -2382,29 +2388,20 @@ impl Filesystem for UnionFs {
         s.stats.count();
         tri!(reply, file.write_all_at(data, offset).map_err(errno));
         if fh.0 == 0 {
+            // No close will flush it (the daemon never sees one, and keeps the file): start
+            // the writeback now so that other nodes reading the shared branch (NFS serves
+            // written, uncommitted data) see it about when a close would have shown it.
+            // Does not wait; errors show at the next fsync. (O_SYNC/O_DSYNC writers need
+            // nothing here: the kernel follows their writes with an FSYNC.)
             s.stats.count();
-            if flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
-                // The implicit file was not opened with the writer's O_SYNC/O_DSYNC.
-                let r = if flags.0 & libc::O_SYNC == libc::O_SYNC {
-                    file.sync_all()
-                } else {
-                    file.sync_data()
-                };
-                tri!(reply, r.map_err(errno));
-            } else {
-                // No close will flush it (the daemon never sees one, and keeps the file):
-                // start the writeback now so that other nodes reading the shared branch
-                // (NFS serves written, uncommitted data) see it about when a close would
-                // have shown it. Does not wait; errors show at the next fsync.
-                // SAFETY: valid fd; plain integer arguments.
-                unsafe {
-                    libc::sync_file_range(
-                        file.as_raw_fd(),
-                        offset as i64,
-                        data.len() as i64,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    );
-                }
+            // SAFETY: valid fd; plain integer arguments.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    offset as i64,
+                    data.len() as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
             }
         }
         reply.written(data.len() as u32);

@@ -36,6 +36,8 @@ pub(crate) struct Refresher {
     tx: SyncSender<u64>,
     pending: Arc<Mutex<HashSet<u64>>>,
     stopped: Arc<AtomicBool>,
+    /// Held around each stat, so that [`Refresher::stop`] can wait for the one in flight.
+    busy: Arc<Mutex<()>>,
 }
 
 impl Refresher {
@@ -44,14 +46,16 @@ impl Refresher {
         let (tx, rx) = sync_channel(QUEUE);
         let pending = Arc::new(Mutex::new(HashSet::new()));
         let stopped = Arc::new(AtomicBool::new(false));
-        let (p, s) = (pending.clone(), stopped.clone());
+        let busy = Arc::new(Mutex::new(()));
+        let (p, s, b) = (pending.clone(), stopped.clone(), busy.clone());
         std::thread::Builder::new()
             .name("wcfs-refresh".into())
-            .spawn(move || run(rx, mountpoint, shared, p, s))?;
+            .spawn(move || run(rx, mountpoint, shared, p, s, b))?;
         Ok(Refresher {
             tx,
             pending,
             stopped,
+            busy,
         })
     }
 
@@ -75,8 +79,10 @@ impl Refresher {
 
     /// No more stats through the mount: it is being unmounted (a stat in flight would make
     /// the unmount fail as busy).
+    /// Waits for a stat in flight, if any.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
+        drop(self.busy.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -86,6 +92,7 @@ fn run(
     shared: Weak<Shared>,
     pending: Arc<Mutex<HashSet<u64>>>,
     stopped: Arc<AtomicBool>,
+    busy: Arc<Mutex<()>>,
 ) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -111,6 +118,7 @@ fn run(
             .collect();
         drop(s);
         for p in paths {
+            let _g = busy.lock().unwrap_or_else(|e| e.into_inner());
             if stopped.load(Ordering::Relaxed) {
                 return;
             }

@@ -187,11 +187,16 @@ fn another_mount_s_rewrite_is_seen_once_attributes_are_revalidated() {
         b.m("f")
     )
     .is_ok_and(|d| d == b"two")));
-    // Replaced by a rename on the shared branch: b's kept file is reopened.
+    // Replaced by a rename on the shared branch: new opens on b see the new file, an fd
+    // opened before keeps the file it opened.
+    let mut old = std::fs::File::open(b.m("f")).unwrap();
     std::fs::write(a.m("g"), b"three!").unwrap();
     std::fs::rename(a.m("g"), a.m("f")).unwrap();
     assert!(eventually(Duration::from_secs(3), || std::fs::read(
         b.m("f")
     )
     .is_ok_and(|d| d == b"three!")));
+    let mut s = String::new();
+    old.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "two");
 }

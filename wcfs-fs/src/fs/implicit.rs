@@ -4,9 +4,11 @@
 //! `read`, `write` and `fsync` arrive with file handle 0 and only the inode says which file
 //! they are for. The daemon keeps one file per inode (the "implicit" file): lazily opened RO
 //! files (no syscall until a read misses the page cache), and RW files opened on first use and
-//! reopened after `rw_ttl` (another node may have replaced the file on the shared branch).
-//! A write to an inode still on the RO branch copies it up first, as an open for writing
-//! does otherwise.
+//! kept, so that an inode keeps meaning one file even if its path is later replaced (another
+//! node's `mv new f` gives `f` another inode number, hence another implicit file). A write to
+//! an inode still on the RO branch copies it up first, as an open for writing does otherwise.
+//! When the path cannot be opened any more (removed or replaced meanwhile), I/O goes on with
+//! the inode's file if the daemon has one.
 //!
 //! No close reaches the daemon either, so nothing would flush a write to an NFS branch when
 //! the application closes: each handle-less write starts its writeback at once
@@ -16,7 +18,12 @@
 //! kept until the kernel forgets the inode, or dropped when the map is full. An inode removed
 //! (unlink, rename over it) while the kernel still holds it may be open: its file is opened
 //! before the removal and pinned until the kernel forgets the inode, so reads and writes
-//! through fds opened before the removal keep working, as POSIX wants.
+//! through fds opened before the removal keep working, as POSIX wants. Except on an NFS (or
+//! SMB) RW branch: holding the file open would make the client rename it to `.nfsXXXX`
+//! rather than remove it, and the removal of its directory would then fail (`rm -rf`), so
+//! there only a file the daemon already has open is kept, as NFS itself does for its clients.
+//! Also not kept: an RO file opened for writing and removed before its first write (its
+//! writes then fail; the default mode copies up at the open).
 
 use super::*;
 
@@ -29,7 +36,6 @@ pub(super) struct Implicit {
     handle: Arc<Handle>,
     side: Side,
     writable: bool,
-    opened: Instant,
     /// Removed from the union while the kernel held it: kept until the kernel forgets it.
     pinned: bool,
 }
@@ -51,33 +57,34 @@ impl Shared {
     }
 
     fn implicit_file(&self, ino: u64, write: bool) -> Result<Arc<Handle>, Errno> {
+        let kept = {
+            let m = self.implicit.lock().unwrap_or_else(|e| e.into_inner());
+            m.get(&ino)
+                .filter(|i| !write || i.writable)
+                .map(|i| (i.handle.clone(), i.side))
+        };
+        // Removed or replaced since the kernel's last lookup (here or on another node): the
+        // fds the kernel holds still mean the file the daemon has.
+        let fallback = |e: Errno| kept.as_ref().map(|(h, _)| h.clone()).ok_or(e);
         let path = match self.path_of(INodeNo(ino)) {
             Ok(Some(p)) => p,
             Ok(None) => return Err(Errno::EISDIR),
-            Err(e) => {
-                // Removed while open: only its pinned file is left.
-                let m = self.implicit.lock().unwrap_or_else(|e| e.into_inner());
-                return m
-                    .get(&ino)
-                    .filter(|i| i.pinned && (!write || i.writable))
-                    .map(|i| i.handle.clone())
-                    .ok_or(e);
-            }
+            Err(e) => return fallback(e),
         };
         let res = self.table.resolve(&path);
-        {
-            let m = self.implicit.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = m.get(&ino) {
-                let current = match i.side {
-                    Side::Ro => res == Resolution::Ro,
-                    Side::Rw => res != Resolution::Hidden && i.opened.elapsed() < self.cfg.rw_ttl,
-                };
-                if current && (!write || i.writable) {
-                    return Ok(i.handle.clone());
-                }
+        if let Some((h, side)) = &kept {
+            let current = match side {
+                Side::Ro => res == Resolution::Ro,
+                Side::Rw => res != Resolution::Hidden,
+            };
+            if current {
+                return Ok(h.clone());
             }
         }
-        let f = self.locate(Some(&path))?;
+        let f = match self.locate(Some(&path)) {
+            Ok(f) => f,
+            Err(e) => return fallback(e),
+        };
         if is_dir(&f.st) {
             return Err(Errno::EISDIR);
         }
@@ -91,14 +98,16 @@ impl Shared {
                 }),
                 side: Side::Ro,
                 writable: false,
-                opened: Instant::now(),
                 pinned: false,
             },
             (Side::Ro, true) => {
                 self.copy_up(&path)?;
                 self.open_implicit_rw(ino, &path, true)?
             }
-            (Side::Rw, _) => self.open_implicit_rw(ino, &path, write)?,
+            (Side::Rw, _) => match self.open_implicit_rw(ino, &path, write) {
+                Ok(i) => i,
+                Err(e) => return fallback(e),
+            },
         };
         let h = entry.handle.clone();
         self.keep_implicit(ino, entry);
@@ -131,25 +140,30 @@ impl Shared {
             }),
             side: Side::Rw,
             writable,
-            opened: Instant::now(),
             pinned: false,
         })
     }
 
     fn keep_implicit(&self, ino: u64, entry: Implicit) {
+        let mut dropped = Vec::new();
         let mut m = self.implicit.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= IMPLICIT_MAX && !m.contains_key(&ino) {
-            // Rare (a thousand inodes with I/O since their last forget): drop the unpinned
-            // half rather than track recency on every read.
-            let mut n = 0;
-            m.retain(|_, i| {
-                n += 1;
-                i.pinned || n % 2 == 0
-            });
+            // Rare (a thousand inodes with I/O since their last forget): drop half of the
+            // unpinned ones rather than track recency on every read. Pinned files are bounded
+            // by the inodes the kernel holds after their removal (open files).
+            let victims: Vec<u64> = m
+                .iter()
+                .filter(|(_, i)| !i.pinned)
+                .map(|(k, _)| *k)
+                .step_by(2)
+                .collect();
+            dropped.extend(victims.iter().filter_map(|k| m.remove(k)));
         }
-        debug_assert!(m.len() < IMPLICIT_MAX + IMPLICIT_MAX / 2 || m.values().all(|i| i.pinned));
         let pinned = m.get(&ino).is_some_and(|i| i.pinned);
-        m.insert(ino, Implicit { pinned, ..entry });
+        dropped.extend(m.insert(ino, Implicit { pinned, ..entry }));
+        drop(m);
+        // Closed here, not under the lock: a close on NFS flushes.
+        drop(dropped);
     }
 
     /// `fast_open`: `path` (found as `f`) is about to leave the union (unlink, or the target
@@ -162,6 +176,18 @@ impl Shared {
         let Some(ino) = self.inodes.find_path(path) else {
             return;
         };
+        if f.side == Side::Rw && self.rw_renames_open_files {
+            // See the module docs: keep only what is already open.
+            if let Some(i) = self
+                .implicit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&ino)
+            {
+                i.pinned = true;
+            }
+            return;
+        }
         let entry = match f.side {
             // The RO branch keeps the file (only a whiteout hides it).
             Side::Ro => Implicit {
@@ -173,7 +199,6 @@ impl Shared {
                 }),
                 side: Side::Ro,
                 writable: false,
-                opened: Instant::now(),
                 pinned: true,
             },
             Side::Rw => match self.open_implicit_rw(ino, path, false) {
@@ -184,20 +209,24 @@ impl Shared {
                 }
             },
         };
-        self.implicit
+        let old = self
+            .implicit
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ino, entry);
+        drop(old);
     }
 
     /// Drops `ino`'s implicit file if the daemon no longer knows the inode (the kernel forgot
     /// it, or it was removed and never held).
     pub(super) fn drop_implicit_if_freed(&self, ino: u64) {
         if self.cfg.fast_open && !self.inodes.exists(ino) {
-            self.implicit
+            let old = self
+                .implicit
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&ino);
+            drop(old);
         }
     }
 
@@ -205,10 +234,25 @@ impl Shared {
     pub(super) fn drop_implicit(&self, ino: u64) {
         if self.cfg.fast_open {
             let mut m = self.implicit.lock().unwrap_or_else(|e| e.into_inner());
-            if m.get(&ino).is_some_and(|i| !i.pinned) {
-                m.remove(&ino);
-            }
+            let old = if m.get(&ino).is_some_and(|i| !i.pinned) {
+                m.remove(&ino)
+            } else {
+                None
+            };
+            drop(m);
+            drop(old);
         }
+    }
+
+    /// Forgets every unpinned RO implicit file (a new RO image replaced the branch).
+    pub(super) fn drop_implicit_ro(&self) {
+        let mut m = self.implicit.lock().unwrap_or_else(|e| e.into_inner());
+        let old: Vec<Implicit> = m
+            .extract_if(|_, i| i.side == Side::Ro && !i.pinned)
+            .map(|(_, i)| i)
+            .collect();
+        drop(m);
+        drop(old);
     }
 
     /// The pinned file of `ino`, removed from the union while possibly open.
