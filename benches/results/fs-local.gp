@@ -12,4 +12,4 @@ set grid ytics
 set xtics rotate by -30
 set key outside right top
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2
-plot for [i=2:6] 'fs-local.dat' using i:xtic(1) title columnheader(i)
+plot for [i=2:7] 'fs-local.dat' using i:xtic(1) title columnheader(i)
