@@ -128,3 +128,59 @@ fn a_clean_stop_leaves_a_snapshot_and_the_next_start_uses_it() {
         b"<html>"
     );
 }
+
+/// Two `wcfs mount` processes over one RW directory: their `flock`s exclude each other by
+/// default (held on the RW branch), and do not with fast opens (`--fast-open` on one, the
+/// config key on the other), which keep locks in each node's kernel.
+#[test]
+fn fast_open_from_the_flag_or_the_file_keeps_locks_per_node() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| {
+        let p = tmp.path().join(n);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let (ro, rw) = (d("ro"), d("rw"));
+    // Written behind the mounts' backs: strict mode finds it on RW.
+    std::fs::write(rw.join("lk"), b"x").unwrap();
+    let config = |name: &str, fast: bool| {
+        let p = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[branches]\nro = {:?}\nrw = {:?}\n[union]\nstrict = true\nfast_open = {fast}\n",
+                ro, rw
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let flock = |f: &std::fs::File| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    let pair = |tag: &str, fast_flag: bool, fast_key: bool| -> bool {
+        let (ma, mb) = (d(&format!("{tag}-a")), d(&format!("{tag}-b")));
+        let (ca, cb) = (
+            config(&format!("{tag}-a"), false),
+            config(&format!("{tag}-b"), fast_key),
+        );
+        let mut args_a = vec!["--config".as_ref(), ca.as_os_str()];
+        if fast_flag {
+            args_a.push("--fast-open".as_ref());
+        }
+        args_a.push(ma.as_os_str());
+        let _a = common::spawn_mount(&args_a, &ma);
+        let _b = common::spawn_mount(&["--config".as_ref(), cb.as_os_str(), mb.as_os_str()], &mb);
+        let fa = std::fs::File::open(ma.join("lk")).unwrap();
+        let fb = std::fs::File::open(mb.join("lk")).unwrap();
+        assert!(flock(&fa));
+        flock(&fb)
+    };
+    assert!(
+        !pair("default", false, false),
+        "default: the second node got the lock"
+    );
+    assert!(
+        pair("fast", true, true),
+        "fast opens: the second node was excluded"
+    );
+}
