@@ -213,6 +213,9 @@ struct OpenState {
     ro: bool,
     /// Opens served through the daemon/page cache; passthrough cannot mix with them.
     cached: u32,
+    /// An open handle of the inode's RW file (0: none): its attributes are one `fstat` of
+    /// that fd instead of a walk of the RW path (each component a round trip on NFS).
+    rw_fh: u64,
 }
 
 /// State shared by the FUSE workers, the invalidator and the mount guard.
@@ -1146,6 +1149,18 @@ impl Shared {
             .or_else(|| self.pinned_file(ino))
     }
 
+    /// An open handle of `ino`'s RW file, if one is open (see `OpenState::rw_fh`).
+    fn open_rw_handle(&self, ino: u64) -> Option<Arc<Handle>> {
+        let fh = self
+            .open_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .map(|s| s.rw_fh)
+            .filter(|&fh| fh != 0)?;
+        self.handle(FileHandle(fh)).ok()
+    }
+
     fn fstat_handle(&self, h: &Handle) -> Result<libc::stat, Errno> {
         match h {
             Handle::File { file, side, .. } => {
@@ -1448,6 +1463,10 @@ impl Shared {
             side,
             _backing: backing,
         });
+        if side == Side::Rw {
+            let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
+            st.entry(ino).or_default().rw_fh = fh;
+        }
         reply.send(FileHandle(fh), flags, b2.as_deref());
     }
 
@@ -1464,6 +1483,9 @@ impl Shared {
         };
         let mut st = self.open_state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = st.get_mut(&ino) {
+            if s.rw_fh == fh.0 {
+                s.rw_fh = 0;
+            }
             if pt {
                 debug_assert!(s.passthrough > 0);
                 s.passthrough = s.passthrough.saturating_sub(1);
@@ -1614,7 +1636,8 @@ impl UnionFs {
             let (gid, _) = s.new_gid(parent, req)?;
             let (path, over_wh) = s.new_entry(parent, name)?;
             let acc = flags & libc::O_ACCMODE;
-            let keep = flags & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
+            let keep = flags
+                & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
             let keep = if s.passthrough_active() {
                 keep
             } else {
@@ -1780,6 +1803,13 @@ impl Filesystem for UnionFs {
         }
         match s.path_of(ino) {
             Ok(path) => {
+                if s.resolve(path.as_ref()) == Resolution::Rw
+                    && let Some(h) = s.open_rw_handle(ino.0)
+                    && let Ok(st) = s.fstat_handle(&h)
+                {
+                    reply.attr(&s.ttl(Side::Rw), &attr(ino.0, &st));
+                    return;
+                }
                 let f = tri!(reply, s.locate(path.as_ref()));
                 reply.attr(&s.ttl(f.side), &attr(ino.0, &f.st));
             }
@@ -2278,12 +2308,35 @@ impl Filesystem for UnionFs {
             s.open_ro(ino.0, p.clone(), reply);
             return;
         }
+        let acc = flags & libc::O_ACCMODE;
+        if let Some(p) = &path
+            && s.table.resolve(p) == Resolution::Rw
+        {
+            // The table says the file is on RW: open it there at once (one walk of the RW
+            // path instead of a stat's and then the open's). The kernel sends OPEN for
+            // regular files only; anything else (a directory, a symlink, gone) falls back.
+            let keep = flags
+                & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
+            let keep = if s.passthrough_active() {
+                keep
+            } else {
+                keep & !libc::O_APPEND
+            };
+            if let Ok(fd) = s.rw.open_at(Some(p), acc | keep | libc::O_NOFOLLOW, 0) {
+                match s.rw.fstat(fd.as_raw_fd()) {
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                        s.do_open(ino.0, fd, Side::Rw, OpenReply::Open(reply));
+                        return;
+                    }
+                    _ => s.rw.close_fd(fd),
+                }
+            }
+        }
         let f = tri!(reply, s.locate(path.as_ref()));
         if is_dir(&f.st) {
             reply.error(Errno::EISDIR);
             return;
         }
-        let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut side = f.side;
         if side == Side::Ro && write {

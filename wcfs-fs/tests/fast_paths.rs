@@ -256,3 +256,31 @@ fn the_first_stat_after_a_read_or_listing_waits_for_no_round_trip() {
     // without the refresh the application's stat and the second opendir each pay one.
     assert_eq!(getattrs_after_first_reads(false), (1, 1));
 }
+
+#[test]
+fn an_rw_file_opens_with_one_walk_of_the_rw_path_and_is_statted_through_its_fd() {
+    let fx = Fx::with_config(
+        FsConfig {
+            fast_open: false,
+            // Every stat asks the daemon.
+            rw_ttl: std::time::Duration::ZERO,
+            ..fs_config()
+        },
+        |_| {},
+    );
+    std::fs::create_dir_all(fx.m("up/2024/01")).unwrap();
+    std::fs::write(fx.m("up/2024/01/a.jpg"), b"jpeg").unwrap();
+    let st = fx.stats();
+    st.reset();
+    let f = std::fs::File::open(fx.m("up/2024/01/a.jpg")).unwrap();
+    // The open itself: openat2 of the path, fstat of the fd (no stat of the path first).
+    assert_eq!(st.get(OpKind::Open), 2, "RW syscalls for one open");
+    st.reset();
+    // While it is open, the inode's attributes come from its fd: one fstat per GETATTR,
+    // not a walk of the RW path (openat2 of the parent, fstatat).
+    assert_eq!(f.metadata().unwrap().len(), 4);
+    let asked = st.requests(OpKind::Getattr);
+    assert!(asked >= 1, "no GETATTR reached the daemon");
+    assert_eq!(st.get(OpKind::Getattr), asked, "RW syscalls per GETATTR");
+    drop(f);
+}
