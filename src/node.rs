@@ -259,6 +259,7 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
         listen = ?listen,
         mountpoint = %cfg.mountpoint.display(),
         passthrough = guard.passthrough(),
+        fast_open = cfg.fs.fast_open,
         "mounted"
     );
     let info = Arc::new(NodeInfo {

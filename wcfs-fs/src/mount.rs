@@ -350,6 +350,11 @@ impl MountGuard {
         };
         match sess.umount_and_join() {
             Ok(()) => Ok(()),
+            // Unmounted from outside already (`umount MNT`): nothing left to do.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("already unmounted");
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "unmount failed; detaching lazily");
                 lazy_unmount(&self.mountpoint)
