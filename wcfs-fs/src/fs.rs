@@ -1149,6 +1149,19 @@ impl Shared {
             .or_else(|| self.pinned_file(ino))
     }
 
+    /// The flags of an application's open that the RW file's own open keeps. Without
+    /// passthrough the kernel sends writes with their offsets (O_APPEND already applied), so
+    /// the backing file must not append again.
+    fn rw_open_flags(&self, flags: i32) -> i32 {
+        let keep = flags
+            & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
+        if self.passthrough_active() {
+            keep
+        } else {
+            keep & !libc::O_APPEND
+        }
+    }
+
     /// An open handle of `ino`'s RW file, if one is open (see `OpenState::rw_fh`).
     fn open_rw_handle(&self, ino: u64) -> Option<Arc<Handle>> {
         let fh = self
@@ -1636,13 +1649,7 @@ impl UnionFs {
             let (gid, _) = s.new_gid(parent, req)?;
             let (path, over_wh) = s.new_entry(parent, name)?;
             let acc = flags & libc::O_ACCMODE;
-            let keep = flags
-                & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
-            let keep = if s.passthrough_active() {
-                keep
-            } else {
-                keep & !libc::O_APPEND
-            };
+            let keep = s.rw_open_flags(flags);
             let fd =
                 s.rw.open_at(
                     Some(&path),
@@ -2315,13 +2322,7 @@ impl Filesystem for UnionFs {
             // The table says the file is on RW: open it there at once (one walk of the RW
             // path instead of a stat's and then the open's). The kernel sends OPEN for
             // regular files only; anything else (a directory, a symlink, gone) falls back.
-            let keep = flags
-                & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
-            let keep = if s.passthrough_active() {
-                keep
-            } else {
-                keep & !libc::O_APPEND
-            };
+            let keep = s.rw_open_flags(flags);
             if let Ok(fd) = s.rw.open_at(Some(p), acc | keep | libc::O_NOFOLLOW, 0) {
                 match s.rw.fstat(fd.as_raw_fd()) {
                     Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
@@ -2352,11 +2353,7 @@ impl Filesystem for UnionFs {
             tri!(reply, s.copy_up(p));
             side = Side::Rw;
         }
-        let mut keep = flags
-            & (libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
-        if !s.passthrough_active() {
-            keep &= !libc::O_APPEND;
-        }
+        let keep = s.rw_open_flags(flags);
         let fl = if side == Side::Ro {
             libc::O_RDONLY
         } else {

@@ -154,10 +154,7 @@ fn two_mounts_sharing_one_rw_branch_see_each_others_changes() {
         std::fs::create_dir_all(ro.join("site")).unwrap();
         std::fs::write(ro.join("site/index.php"), b"i").unwrap();
     });
-    let hb = handle(2);
-    LocalHandle::link(&a.handle, &hb);
-    let tmp_b = tempfile::tempdir().unwrap();
-    let b = Fx::mount_on(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt");
+    let b = a.peer(fs_config());
     // Prime both caches.
     assert!(std::fs::metadata(b.m("site/up.txt")).is_err());
     assert!(std::fs::metadata(a.m("site/index.php")).is_ok());
@@ -219,10 +216,7 @@ fn a_cached_listing_shows_a_creation_made_on_another_mount() {
         std::fs::create_dir_all(ro.join("site")).unwrap();
         std::fs::write(ro.join("site/index.php"), b"i").unwrap();
     });
-    let hb = handle(2);
-    LocalHandle::link(&a.handle, &hb);
-    let tmp_b = tempfile::tempdir().unwrap();
-    let b = Fx::mount_on(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt");
+    let b = a.peer(fs_config());
     // Listed twice: the second listing comes from the kernel's directory cache.
     assert_eq!(names(&a.m("site")), ["index.php"]);
     assert_eq!(names(&a.m("site")), ["index.php"]);

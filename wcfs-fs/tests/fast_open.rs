@@ -141,12 +141,8 @@ fn an_fd_opened_before_unlink_or_replace_keeps_its_file() {
 #[test]
 fn locks_are_the_kernel_s_and_hold_on_one_mount_only() {
     use std::os::fd::AsRawFd;
-    use wcfs_core::handle::LocalHandle;
     let a = Fx::with_config(fast(), |_| {});
-    let hb = handle(2);
-    LocalHandle::link(&a.handle, &hb);
-    let tmp_b = tempfile::tempdir().unwrap();
-    let b = Fx::mount_cfg(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt", fast());
+    let b = a.peer(fast());
     std::fs::write(a.m("lk"), b"x").unwrap();
     assert!(eventually(Duration::from_secs(5), || b.m("lk").exists()));
     let flock = |f: &std::fs::File, op: i32| unsafe { libc::flock(f.as_raw_fd(), op) } == 0;
@@ -165,16 +161,12 @@ fn locks_are_the_kernel_s_and_hold_on_one_mount_only() {
 
 #[test]
 fn another_mount_s_rewrite_is_seen_once_attributes_are_revalidated() {
-    use wcfs_core::handle::LocalHandle;
     let cfg = || FsConfig {
         rw_ttl: Duration::from_millis(200),
         ..fast()
     };
     let a = Fx::with_config(cfg(), |_| {});
-    let hb = handle(2);
-    LocalHandle::link(&a.handle, &hb);
-    let tmp_b = tempfile::tempdir().unwrap();
-    let b = Fx::mount_cfg(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt", cfg());
+    let b = a.peer(cfg());
     std::fs::write(a.m("f"), b"one").unwrap();
     assert!(eventually(Duration::from_secs(5), || std::fs::read(
         b.m("f")

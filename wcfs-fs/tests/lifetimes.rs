@@ -264,7 +264,6 @@ fn would_block(r: std::io::Result<()>) -> bool {
 
 #[test]
 fn locks_through_two_mounts_sharing_the_rw_branch_exclude_each_other() {
-    use wcfs_core::handle::LocalHandle;
     // Cluster-wide locks are the default mode's (fast_open mounts keep them per node:
     // tests/fast_open.rs).
     let cluster = || wcfs_fs::FsConfig {
@@ -272,10 +271,7 @@ fn locks_through_two_mounts_sharing_the_rw_branch_exclude_each_other() {
         ..fs_config()
     };
     let a = Fx::with_config(cluster(), |_| {});
-    let hb = handle(2);
-    LocalHandle::link(&a.handle, &hb);
-    let tmp_b = tempfile::tempdir().unwrap();
-    let b = Fx::mount_cfg(tmp_b, a.ro.clone(), a.rw.clone(), hb, "mnt", cluster());
+    let b = a.peer(cluster());
     std::fs::write(a.m("lk"), vec![0u8; 100]).unwrap();
     assert!(eventually(Duration::from_secs(5), || b.m("lk").exists()));
     let rw = |fx: &Fx| {

@@ -112,6 +112,15 @@ impl Fx {
         }
     }
 
+    /// A second mount (another "node") on the same branches with its own table, linked to
+    /// this one's in process, mounted with `fs`.
+    pub fn peer(&self, fs: FsConfig) -> Fx {
+        let h = handle(2);
+        LocalHandle::link(&self.handle, &h);
+        let tmp = tempfile::tempdir().unwrap();
+        Fx::mount_cfg(tmp, self.ro.clone(), self.rw.clone(), h, "mnt", fs)
+    }
+
     pub fn m(&self, p: &str) -> PathBuf {
         self.mnt.join(p)
     }
