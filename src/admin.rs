@@ -347,6 +347,7 @@ fn status(info: &NodeInfo) -> Value {
         "started_unix": unix(info.started_at),
         "mountpoint": info.mountpoint.display().to_string(),
         "listen": info.listen.map(|a| a.to_string()),
+        "fast_open": info.fast_open,
         "table": {
             "live_paths": ts.live_paths,
             "tombstones": ts.tombstones,
@@ -509,9 +510,14 @@ pub fn render_status(v: &Value) -> String {
     );
     let _ = writeln!(
         o,
-        "mount    {}  listen {}",
+        "mount    {}  listen {}  {}",
         s(&v["mountpoint"]),
-        s(&v["listen"])
+        s(&v["listen"]),
+        if v["fast_open"].as_bool() == Some(true) {
+            "opens: fast (locks hold on this node only)"
+        } else {
+            "opens: through the daemon (locks hold across nodes)"
+        }
     );
     let t = &v["table"];
     let _ = writeln!(
@@ -690,6 +696,7 @@ mod tests {
             ],
         });
         let out = render_status(&v);
+        assert!(out.contains("locks hold across nodes"), "{out}");
         let line = |addr: &str| out.lines().find(|l| l.contains(addr)).unwrap().to_owned();
         assert!(
             line("10.0.0.3").trim_start().starts_with('!') && line("10.0.0.3").contains("DOWN"),

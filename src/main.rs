@@ -57,7 +57,8 @@ enum Cmd {
         cmd: CaCmd,
     },
     /// Show a running node's state: members (down or lagging ones flagged with `!`), lag,
-    /// queues and drops, table size, journal and snapshot.
+    /// queues and drops, table size, journal and snapshot, and whether opens are fast (locks
+    /// on this node only) or go through the daemon (locks across nodes).
     Status {
         /// Print the raw JSON (stable keys, for scripts and monitoring).
         #[arg(long)]

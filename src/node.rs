@@ -66,6 +66,8 @@ pub(crate) struct NodeInfo {
     pub inval: wcfs_fs::Invalidator,
     /// RW-branch syscalls per operation.
     pub fs_stats: Arc<wcfs_fs::RwStats>,
+    /// Fast opens (`[union] fast_open`): locks hold on this node only.
+    pub fast_open: bool,
 }
 
 fn store_options(cfg: &NodeConfig) -> StoreOptions {
@@ -274,6 +276,7 @@ pub(crate) fn run(cfg: NodeConfig, signals: &libc::sigset_t) -> anyhow::Result<(
         started_at,
         inval,
         fs_stats: guard.stats(),
+        fast_open: cfg.fs.fast_open,
     });
 
     let admin = match &cfg.admin_socket {

@@ -92,9 +92,15 @@ fn status_table_and_invalidate_talk_to_a_running_node() {
     assert_eq!(v["generation"], 1);
     assert_eq!(v["members"].as_array().unwrap().len(), 0);
     assert!(v["journal"]["appends"].as_u64().unwrap() >= 6, "{v:#}");
+    assert_eq!(
+        v["fast_open"], false,
+        "the default mode holds locks across nodes"
+    );
     let human = ok(&["status"], &sock);
     assert!(
-        human.contains("6 paths") && human.contains("single node"),
+        human.contains("6 paths")
+            && human.contains("single node")
+            && human.contains("locks hold across nodes"),
         "{human}"
     );
 
