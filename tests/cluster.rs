@@ -559,6 +559,10 @@ fn a_node_rebuilt_from_the_rw_branch_serves_the_clusters_tree() {
     // RO directory deleted and made again (opaque), a copied-up RO file.
     std::fs::create_dir(m0.join("uploads")).unwrap();
     std::fs::write(m0.join("uploads/a.jpg"), b"jpeg-a").unwrap();
+    // Another node sees the directory once its mark arrived (a push, ~1 ms), not before.
+    c.until_on(vec![1], "uploads/ to reach n1", |m| {
+        m.join("uploads").is_dir()
+    });
     std::fs::write(m1.join("uploads/b.jpg"), b"jpeg-b").unwrap();
     std::fs::remove_file(m1.join("readme.html")).unwrap();
     std::fs::remove_dir_all(m0.join("wp/old")).unwrap();
