@@ -51,13 +51,7 @@ pub fn fs_config() -> FsConfig {
 impl Fx {
     /// Builds the RO tree with `populate`, then mounts.
     pub fn new(populate: impl FnOnce(&Path)) -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let ro = tmp.path().join("ro");
-        let rw = tmp.path().join("rw");
-        std::fs::create_dir_all(&ro).unwrap();
-        std::fs::create_dir_all(&rw).unwrap();
-        populate(&ro);
-        Fx::mount_on(tmp, ro, rw, handle(1), "mnt")
+        Fx::with_config(fs_config(), populate)
     }
 
     /// Like [`Fx::new`], with union tunables `fs`.
@@ -69,16 +63,6 @@ impl Fx {
         std::fs::create_dir_all(&rw).unwrap();
         populate(&ro);
         Fx::mount_cfg(tmp, ro, rw, handle(1), "mnt", fs)
-    }
-
-    pub fn mount_on(
-        tmp: tempfile::TempDir,
-        ro: PathBuf,
-        rw: PathBuf,
-        h: Arc<LocalHandle>,
-        name: &str,
-    ) -> Fx {
-        Fx::mount_cfg(tmp, ro, rw, h, name, fs_config())
     }
 
     pub fn mount_cfg(
