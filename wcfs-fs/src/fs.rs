@@ -178,6 +178,27 @@ enum Handle {
     },
 }
 
+impl Handle {
+    /// An RO file's handle: `fd` if the file is already open, else opened on first use.
+    fn ro_lazy(
+        ino: u64,
+        path: WPath,
+        fd: Option<OwnedFd>,
+        backing: Option<Arc<BackingId>>,
+    ) -> Handle {
+        let file = OnceLock::new();
+        if let Some(fd) = fd {
+            let _ = file.set(File::from(fd));
+        }
+        Handle::RoLazy {
+            ino,
+            path,
+            file,
+            backing,
+        }
+    }
+}
+
 /// How read-only opens of an RO path are served, remembered per path (RO files never change
 /// under a mount, so the first open decides for all).
 #[derive(Clone)]
@@ -1329,16 +1350,7 @@ impl Shared {
             s.ro = true;
             s.backing = Arc::downgrade(&b);
         }
-        let cell = OnceLock::new();
-        if let Some(fd) = fd {
-            let _ = cell.set(File::from(fd));
-        }
-        let fh = self.add_handle(Handle::RoLazy {
-            ino,
-            path,
-            file: cell,
-            backing: Some(b.clone()),
-        });
+        let fh = self.add_handle(Handle::ro_lazy(ino, path, fd, Some(b.clone())));
         reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b);
     }
 
@@ -1351,16 +1363,7 @@ impl Shared {
             .entry(ino)
             .or_default()
             .cached += 1;
-        let cell = OnceLock::new();
-        if let Some(fd) = fd {
-            let _ = cell.set(File::from(fd));
-        }
-        let fh = self.add_handle(Handle::RoLazy {
-            ino,
-            path,
-            file: cell,
-            backing: None,
-        });
+        let fh = self.add_handle(Handle::ro_lazy(ino, path, fd, None));
         // No FLUSH on close: nothing is buffered, and RO files hold no locks (see lock.rs).
         reply.opened(
             FileHandle(fh),

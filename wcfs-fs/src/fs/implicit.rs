@@ -90,12 +90,7 @@ impl Shared {
         }
         let entry = match (f.side, write) {
             (Side::Ro, false) => Implicit {
-                handle: Arc::new(Handle::RoLazy {
-                    ino,
-                    path,
-                    file: OnceLock::new(),
-                    backing: None,
-                }),
+                handle: Arc::new(Handle::ro_lazy(ino, path, None, None)),
                 side: Side::Ro,
                 writable: false,
                 pinned: false,
@@ -191,12 +186,7 @@ impl Shared {
         let entry = match f.side {
             // The RO branch keeps the file (only a whiteout hides it).
             Side::Ro => Implicit {
-                handle: Arc::new(Handle::RoLazy {
-                    ino,
-                    path: path.clone(),
-                    file: OnceLock::new(),
-                    backing: None,
-                }),
+                handle: Arc::new(Handle::ro_lazy(ino, path.clone(), None, None)),
                 side: Side::Ro,
                 writable: false,
                 pinned: true,
